@@ -1,0 +1,265 @@
+//! Types shared by the XDP program (`lb-ebpf`) and the daemon (`lb-userspace`).
+//!
+//! Everything here is the *layout* of a BPF map key or value, or a name or size
+//! both sides must agree on. Types are `#[repr(C)]`, `Copy`, made of fixed-width
+//! integers with explicit padding, and each has a compile-time size assertion so
+//! that layout drift between the kernel and userspace view fails to build.
+//! Byte order is part of a field's name (`port_be`). With the `user` feature the
+//! types implement `aya::Pod` so userspace can read and write them in maps.
+#![no_std]
+
+/// Map names as they appear in the eBPF object, and the file names of the pins
+/// under `/sys/fs/bpf/lb/<instance>/`.
+pub mod maps {
+    /// [`crate::XdpConfig`] in a one-entry array.
+    pub const CONFIG: &str = "config";
+    /// [`crate::VipKey`] → [`crate::VipValue`].
+    pub const VIPS: &str = "vips";
+    /// Shared [`crate::RateBucket`]s, indexed by [`crate::bucket`].
+    pub const BUCKETS: &str = "buckets";
+    /// Per-CPU [`crate::BucketCache`]s, same index as `buckets`.
+    pub const BUCKET_CACHE: &str = "bucket_cache";
+    /// [`crate::SourceKey`] → [`crate::SourceBucket`], LRU.
+    pub const SOURCES: &str = "sources";
+    /// Per-CPU [`crate::PacketCounters`] in a one-entry array.
+    pub const COUNTERS: &str = "counters";
+    /// Per-CPU [`crate::VipCounters`], indexed by [`crate::VipValue::vip_index`].
+    pub const VIP_STATS: &str = "vip_stats";
+
+    /// Every map the daemon pins, in the order `lb stats` reads them.
+    pub const ALL: [&str; 7] = [
+        CONFIG,
+        VIPS,
+        BUCKETS,
+        BUCKET_CACHE,
+        SOURCES,
+        COUNTERS,
+        VIP_STATS,
+    ];
+}
+
+/// Names of the programs in the eBPF object.
+pub mod programs {
+    /// The SYN-limiting XDP program attached to interfaces.
+    pub const XDP_LB: &str = "lb_xdp";
+    /// An empty `XDP_PASS` program, the baseline of `cargo xtask bench xdp`.
+    pub const XDP_EMPTY: &str = "lb_xdp_empty";
+}
+
+/// Most VIPs (frontend listen addresses) one instance can enforce on.
+pub const MAX_VIPS: u32 = 256;
+/// Most frontends (each has a bucket).
+pub const MAX_FRONTENDS: u32 = 256;
+/// Most pools (each has a bucket).
+pub const MAX_POOLS: u32 = 256;
+/// Size of `buckets` and `bucket_cache`: one global, then frontends, then pools.
+pub const MAX_BUCKETS: u32 = 1 + MAX_FRONTENDS + MAX_POOLS;
+/// Entries of the per-source LRU map. At ~100 bytes an entry this is ~6.5 MB of
+/// kernel memory, enough to track every source of a large flood at once; the
+/// least recently seen source is evicted first.
+pub const MAX_SOURCES: u32 = 65_536;
+
+/// Index layout of the `buckets` and `bucket_cache` arrays.
+pub mod bucket {
+    use crate::{MAX_FRONTENDS, MAX_POOLS};
+
+    /// The process-wide (`[global.limits]`) bucket.
+    pub const GLOBAL: u32 = 0;
+
+    /// Bucket index of frontend number `i` (0-based), if `i` is in range.
+    #[must_use]
+    pub const fn frontend(i: u32) -> Option<u32> {
+        if i < MAX_FRONTENDS {
+            Some(1 + i)
+        } else {
+            None
+        }
+    }
+
+    /// Bucket index of pool number `i` (0-based), if `i` is in range.
+    #[must_use]
+    pub const fn pool(i: u32) -> Option<u32> {
+        if i < MAX_POOLS {
+            Some(1 + MAX_FRONTENDS + i)
+        } else {
+            None
+        }
+    }
+}
+
+/// Address family tags used in keys.
+pub mod family {
+    /// IPv4.
+    pub const V4: u8 = 4;
+    /// IPv6.
+    pub const V6: u8 = 6;
+}
+
+/// Process-wide XDP settings (`config` map, one entry). Written by userspace at
+/// start and on reload, read by the XDP program on every SYN to a VIP.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct XdpConfig {
+    /// Per-source SYN limit: nanoseconds between tokens (1e9 / `sourceSynRate`);
+    /// 0 disables the per-source limit.
+    pub source_interval_ns: u64,
+    /// Per-source burst as time: `sourceSynBurst` × `source_interval_ns`.
+    pub source_tau_ns: u64,
+}
+const _: () = assert!(core::mem::size_of::<XdpConfig>() == 16);
+
+/// Key of the `vips` map: a frontend's listen address and port.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct VipKey {
+    /// IPv6 address, or an IPv4 address in the first four bytes (rest zero),
+    /// in network byte order.
+    pub addr: [u8; 16],
+    /// TCP port, network byte order.
+    pub port_be: u16,
+    /// [`family::V4`] or [`family::V6`].
+    pub family: u8,
+    /// Always zero.
+    pub _pad: u8,
+}
+const _: () = assert!(core::mem::size_of::<VipKey>() == 20);
+
+/// Value of the `vips` map: where a VIP's counters and buckets live.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VipValue {
+    /// Index into `vip_stats` (< [`MAX_VIPS`]).
+    pub vip_index: u32,
+    /// The frontend's bucket ([`bucket::frontend`]).
+    pub frontend_bucket: u32,
+    /// The pool's bucket ([`bucket::pool`]).
+    pub pool_bucket: u32,
+    /// Always zero.
+    pub _pad: u32,
+}
+const _: () = assert!(core::mem::size_of::<VipValue>() == 16);
+
+/// A rate limit shared by all CPUs (`buckets` map), as a GCRA: `tat_ns` is the
+/// theoretical arrival time, the instant at which the bucket would be full
+/// again. Taking `n` tokens at `now` advances it to `max(tat, now) + n ×
+/// interval`, allowed while that stays within `now + tau`. One
+/// compare-and-swap takes a whole batch of tokens for a CPU's cache.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RateBucket {
+    /// Theoretical arrival time (ns, `bpf_ktime_get_ns` clock). Only the XDP
+    /// program moves it; userspace resets it to 0 (full) when it writes limits.
+    pub tat_ns: u64,
+    /// Nanoseconds per token (1e9 / rate); 0 disables this level.
+    pub interval_ns: u64,
+    /// Burst as time: burst × `interval_ns`.
+    pub tau_ns: u64,
+    /// Tokens a CPU takes from this bucket at once into its cache.
+    pub batch: u32,
+    /// Bumped by userspace on every write, so CPUs drop tokens cached under
+    /// older limits.
+    pub generation: u32,
+}
+const _: () = assert!(core::mem::size_of::<RateBucket>() == 32);
+
+/// One CPU's cache of tokens taken from a [`RateBucket`] (`bucket_cache`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BucketCache {
+    /// Tokens this CPU may still spend without touching the shared bucket.
+    pub tokens: u32,
+    /// The bucket generation the tokens were taken under.
+    pub generation: u32,
+}
+const _: () = assert!(core::mem::size_of::<BucketCache>() == 8);
+
+/// Key of the `sources` map: a client address (IPv4 /32 or IPv6 /64).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SourceKey {
+    /// IPv4: the address in the first four bytes. IPv6: the /64 prefix in the
+    /// first eight bytes. The rest is zero. Network byte order.
+    pub addr: [u8; 16],
+    /// [`family::V4`] or [`family::V6`].
+    pub family: u8,
+    /// Always zero.
+    pub _pad: [u8; 3],
+}
+const _: () = assert!(core::mem::size_of::<SourceKey>() == 20);
+
+/// Value of the `sources` map: the per-source GCRA (see [`RateBucket`]), whose
+/// interval and burst come from [`XdpConfig`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SourceBucket {
+    /// Theoretical arrival time, ns.
+    pub tat_ns: u64,
+}
+const _: () = assert!(core::mem::size_of::<SourceBucket>() == 8);
+
+/// Per-CPU counts of every packet the XDP program passes, by reason, and of
+/// every SYN it drops, summed over VIPs (`counters`, one entry). A non-SYN
+/// packet is counted here without any map lookup beyond this one.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PacketCounters {
+    /// Not IPv4/IPv6 (ARP, LLDP, ...).
+    pub not_ip: u64,
+    /// Cut short inside a header, or a header field that makes no sense
+    /// (IPv4 IHL < 5, more IPv6 extension headers than we walk).
+    pub malformed: u64,
+    /// IPv4 fragments and IPv6 packets with a fragment header.
+    pub fragment: u64,
+    /// IP but not TCP (UDP, ICMP, ...).
+    pub not_tcp: u64,
+    /// TCP without SYN, or SYN+ACK.
+    pub tcp_not_syn: u64,
+    /// A SYN to an address and port that is no VIP.
+    pub syn_not_vip: u64,
+    /// A SYN to a VIP that every bucket admitted.
+    pub syn_admitted: u64,
+    /// A SYN to a VIP that a bucket dropped (the reason is in `vip_stats`).
+    pub syn_dropped: u64,
+}
+const _: () = assert!(core::mem::size_of::<PacketCounters>() == 64);
+
+/// Per-CPU, per-VIP SYN verdicts (`vip_stats`, indexed by `vip_index`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VipCounters {
+    /// SYNs admitted by every level.
+    pub admitted: u64,
+    /// Dropped by the per-source limit (`sourceSynRate`).
+    pub drop_source: u64,
+    /// Dropped by `[global.limits] maxConnRate`.
+    pub drop_global: u64,
+    /// Dropped by the frontend's `maxConnRate`.
+    pub drop_frontend: u64,
+    /// Dropped by the pool profile's `maxConnRate`.
+    pub drop_pool: u64,
+}
+const _: () = assert!(core::mem::size_of::<VipCounters>() == 40);
+
+impl VipCounters {
+    /// All drops, whatever the reason.
+    #[must_use]
+    pub const fn dropped(&self) -> u64 {
+        self.drop_source + self.drop_global + self.drop_frontend + self.drop_pool
+    }
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: each type is `repr(C)`, `Copy`, made only of integers, with no
+    // implicit padding (checked by the size assertions above), so every bit
+    // pattern is a valid value.
+    unsafe impl aya::Pod for super::XdpConfig {}
+    unsafe impl aya::Pod for super::VipKey {}
+    unsafe impl aya::Pod for super::VipValue {}
+    unsafe impl aya::Pod for super::RateBucket {}
+    unsafe impl aya::Pod for super::BucketCache {}
+    unsafe impl aya::Pod for super::SourceKey {}
+    unsafe impl aya::Pod for super::SourceBucket {}
+    unsafe impl aya::Pod for super::PacketCounters {}
+    unsafe impl aya::Pod for super::VipCounters {}
+}

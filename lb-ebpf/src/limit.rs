@@ -1,0 +1,104 @@
+//! Token buckets, as GCRA (see [`lb_common::RateBucket`]).
+//!
+//! A VIP level (global, frontend, pool) is one bucket shared by all CPUs plus
+//! a per-CPU cache of tokens. A SYN spends a cached token with no shared write;
+//! an empty cache takes `batch` tokens from the shared bucket with one
+//! compare-and-swap. The limit therefore holds for the VIP as a whole, wherever
+//! the SYNs land, with at most `batch - 1` tokens per CPU in flight.
+//! Sources are tracked one GCRA each in an LRU map.
+
+use lb_common::{BucketCache, RateBucket, SourceBucket};
+
+use crate::atomic;
+
+/// Compare-and-swap attempts before a contended take gives up (and the SYN
+/// is dropped). With two CPUs a second failure is already rare.
+const CAS_TRIES: usize = 4;
+
+/// Takes up to `want` tokens from a GCRA at `tat` and returns how many it got.
+///
+/// # Safety
+/// `tat` must point into a live map value.
+#[inline(always)]
+unsafe fn take(tat: *mut u64, interval: u64, tau: u64, want: u64, now: u64) -> u64 {
+    for _ in 0..CAS_TRIES {
+        let old = unsafe { atomic::load(tat) };
+        let base = if old > now { old } else { now };
+        // Room before the bucket is empty: tokens exist while base < now + tau.
+        let limit = now + tau;
+        if base >= limit {
+            return 0;
+        }
+        // checked: a zero interval must not become a panic path, which the
+        // verifier refuses.
+        let Some(avail) = (limit - base).checked_div(interval) else {
+            return 0;
+        };
+        let n = if avail < want { avail } else { want };
+        if n == 0 {
+            return 0;
+        }
+        if unsafe { atomic::compare_exchange(tat, old, base + n * interval) } {
+            return n;
+        }
+    }
+    0
+}
+
+/// Admits one SYN through a VIP level, or refuses it.
+///
+/// # Safety
+/// Both pointers must point into live map values: `bucket` into the shared
+/// `buckets` array, `cache` into this CPU's slot of `bucket_cache`.
+#[inline(always)]
+pub unsafe fn admit(bucket: *mut RateBucket, cache: *mut BucketCache, now: u64) -> bool {
+    let b = unsafe { &*bucket };
+    let c = unsafe { &mut *cache };
+    if b.interval_ns == 0 {
+        return true;
+    }
+    if c.generation != b.generation {
+        c.tokens = 0;
+        c.generation = b.generation;
+    }
+    if c.tokens > 0 {
+        c.tokens -= 1;
+        return true;
+    }
+    let got = unsafe {
+        take(
+            &raw mut (*bucket).tat_ns,
+            b.interval_ns,
+            b.tau_ns,
+            u64::from(b.batch.max(1)),
+            now,
+        )
+    };
+    if got == 0 {
+        return false;
+    }
+    // `got` <= batch, a u32.
+    c.tokens = (got - 1) as u32;
+    true
+}
+
+/// Gives back a token [`admit`] took, when a later level refused the SYN.
+///
+/// # Safety
+/// As for [`admit`].
+#[inline(always)]
+pub unsafe fn refund(bucket: *mut RateBucket, cache: *mut BucketCache) {
+    let (b, c) = unsafe { (&*bucket, &mut *cache) };
+    if b.interval_ns != 0 && c.generation == b.generation {
+        c.tokens += 1;
+    }
+}
+
+/// Admits one SYN from a source whose bucket is at `src`.
+///
+/// # Safety
+/// `src` must point into a live `sources` map value.
+#[inline(always)]
+pub unsafe fn admit_source(src: *mut SourceBucket, interval: u64, tau: u64, now: u64) -> bool {
+    unsafe { take(&raw mut (*src).tat_ns, interval, tau, 1, now) == 1 }
+}

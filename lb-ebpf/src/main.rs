@@ -1,0 +1,223 @@
+//! The XDP data plane of `lb`: per-CPU SYN rate limiting in front of the
+//! kernel's TCP stack.
+//!
+//! For every packet, [`parse`] decides what it is. Anything but a TCP SYN to
+//! a configured VIP is passed and counted by reason in this CPU's slot of
+//! `counters`, with no other map lookup. A SYN to a VIP must pass, in order,
+//! the per-source limit, then the global, frontend and pool `maxConnRate`
+//! buckets ([`limit`]); the first empty bucket drops it and the drop is
+//! counted by reason in the VIP's per-CPU `vip_stats`. Nothing is ever
+//! `XDP_ABORTED`: what cannot be parsed is passed.
+//!
+//! Maps are BTF maps so `bpftool map dump` prints field names. Userspace
+//! (`lb-userspace`, module `xdp`) owns every write except the buckets' and
+//! sources' state and the counters.
+#![no_std]
+#![no_main]
+#![feature(core_intrinsics)]
+#![allow(internal_features, reason = "atomic intrinsics; see atomic.rs")]
+
+mod atomic;
+mod limit;
+mod parse;
+
+use aya_ebpf::{
+    bindings::xdp_action::{XDP_DROP, XDP_PASS},
+    btf_maps::{Array, HashMap, LruHashMap, PerCpuArray},
+    helpers::bpf_ktime_get_ns,
+    macros::{btf_map, xdp},
+    programs::XdpContext,
+};
+use lb_common::{
+    BucketCache, PacketCounters, RateBucket, SourceBucket, SourceKey, VipCounters, VipKey,
+    VipValue, XdpConfig, MAX_BUCKETS, MAX_SOURCES, MAX_VIPS,
+};
+use parse::{Parsed, Syn};
+
+/// Process-wide XDP settings (per-source limit). One entry; written by
+/// userspace, read on each SYN to a VIP. Shared, not per-CPU.
+#[btf_map(name = "config")]
+static CONFIG: Array<XdpConfig, 1> = Array::new();
+
+/// VIP (address, port, family) → its stats slot and bucket indexes. Written by
+/// userspace at start and reload; looked up only for SYNs. A miss means the
+/// SYN is not for us: pass. Sized for [`MAX_VIPS`] frontends.
+#[btf_map(name = "vips")]
+static VIPS: HashMap<VipKey, VipValue, { MAX_VIPS as usize }> = HashMap::new();
+
+/// Shared GCRA buckets: index 0 global, then one per frontend, then one per
+/// pool (`lb_common::bucket`). Userspace writes the limits; the program moves
+/// `tat_ns` with compare-and-swap. Shared by all CPUs, so the rate holds for
+/// the whole VIP.
+#[btf_map(name = "buckets")]
+static BUCKETS: Array<RateBucket, { MAX_BUCKETS as usize }> = Array::new();
+
+/// Per-CPU token caches for `buckets` (same index). Only the program writes
+/// them; a generation mismatch with the bucket empties a cache.
+#[btf_map(name = "bucket_cache")]
+static BUCKET_CACHE: PerCpuArray<BucketCache, { MAX_BUCKETS as usize }> = PerCpuArray::new();
+
+/// Per-source GCRA state (IPv4 /32, IPv6 /64). LRU, so a flood of spoofed
+/// sources evicts the oldest instead of failing inserts. Only the program
+/// writes it; shared by all CPUs.
+#[btf_map(name = "sources")]
+static SOURCES: LruHashMap<SourceKey, SourceBucket, { MAX_SOURCES as usize }> = LruHashMap::new();
+
+/// Per-CPU counts of every verdict by reason. One entry. Only the program
+/// writes; `lb stats` sums the CPUs.
+#[btf_map(name = "counters")]
+static COUNTERS: PerCpuArray<PacketCounters, 1> = PerCpuArray::new();
+
+/// Per-CPU, per-VIP SYN verdicts, indexed by `VipValue::vip_index`.
+#[btf_map(name = "vip_stats")]
+static VIP_STATS: PerCpuArray<VipCounters, { MAX_VIPS as usize }> = PerCpuArray::new();
+
+/// The SYN limiter, attached to the configured interfaces.
+#[xdp]
+pub fn lb_xdp(ctx: XdpContext) -> u32 {
+    let Some(counters) = COUNTERS.get_ptr_mut(0) else {
+        return XDP_PASS;
+    };
+    // SAFETY: a per-CPU slot; nothing else writes it while we run on this CPU.
+    let counters = unsafe { &mut *counters };
+    match parse::parse(&ctx) {
+        Parsed::NotIp => counters.not_ip += 1,
+        Parsed::Malformed => counters.malformed += 1,
+        Parsed::Fragment => counters.fragment += 1,
+        Parsed::NotTcp => counters.not_tcp += 1,
+        Parsed::TcpNotSyn => counters.tcp_not_syn += 1,
+        Parsed::Syn(syn) => return on_syn(&syn, counters),
+    }
+    XDP_PASS
+}
+
+/// The baseline for benchmarks: passes everything, touches nothing.
+#[xdp]
+pub fn lb_xdp_empty(_ctx: XdpContext) -> u32 {
+    XDP_PASS
+}
+
+/// Decides one SYN to a possible VIP.
+#[inline(always)]
+fn on_syn(syn: &Syn, counters: &mut PacketCounters) -> u32 {
+    // SAFETY: the value is copied out at once; userspace may rewrite it.
+    let Some(vip) = (unsafe { VIPS.get(&syn.vip) }).copied() else {
+        counters.syn_not_vip += 1;
+        return XDP_PASS;
+    };
+    let Some(stats) = VIP_STATS.get_ptr_mut(vip.vip_index) else {
+        counters.syn_not_vip += 1;
+        return XDP_PASS;
+    };
+    // SAFETY: a per-CPU slot.
+    let stats = unsafe { &mut *stats };
+    // SAFETY: bpf_ktime_get_ns has no preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    if admit(syn, &vip, stats, now) {
+        stats.admitted += 1;
+        counters.syn_admitted += 1;
+        XDP_PASS
+    } else {
+        counters.syn_dropped += 1;
+        XDP_DROP
+    }
+}
+
+/// A VIP level's shared bucket and this CPU's cache of it; `None` when the
+/// index is out of range (treated as a disabled level).
+type Level = Option<(*mut RateBucket, *mut BucketCache)>;
+
+#[inline(always)]
+fn level(index: u32) -> Level {
+    Some((
+        BUCKETS.get_ptr_mut(index)?,
+        BUCKET_CACHE.get_ptr_mut(index)?,
+    ))
+}
+
+#[inline(always)]
+fn level_admits(l: Level, now: u64) -> bool {
+    match l {
+        // SAFETY: both pointers come from map lookups.
+        Some((b, c)) => unsafe { limit::admit(b, c, now) },
+        None => true,
+    }
+}
+
+#[inline(always)]
+fn level_refund(l: Level) {
+    if let Some((b, c)) = l {
+        // SAFETY: both pointers come from map lookups.
+        unsafe { limit::refund(b, c) };
+    }
+}
+
+/// Runs the levels in order: source, global, frontend, pool. The first that
+/// refuses counts the drop under its own reason; earlier VIP levels get their
+/// token back, since the SYN never passes. Each refusal bumps its counter
+/// here, at a constant offset, which the verifier can follow.
+#[inline(always)]
+fn admit(syn: &Syn, vip: &VipValue, stats: &mut VipCounters, now: u64) -> bool {
+    if !source_admits(syn, now) {
+        stats.drop_source += 1;
+        return false;
+    }
+    let global = level(lb_common::bucket::GLOBAL);
+    if !level_admits(global, now) {
+        stats.drop_global += 1;
+        return false;
+    }
+    let frontend = level(vip.frontend_bucket);
+    if !level_admits(frontend, now) {
+        level_refund(global);
+        stats.drop_frontend += 1;
+        return false;
+    }
+    let pool = level(vip.pool_bucket);
+    if !level_admits(pool, now) {
+        level_refund(global);
+        level_refund(frontend);
+        stats.drop_pool += 1;
+        return false;
+    }
+    true
+}
+
+#[inline(always)]
+fn source_admits(syn: &Syn, now: u64) -> bool {
+    let Some(cfg) = CONFIG.get(0) else {
+        return true;
+    };
+    let (interval, tau) = (cfg.source_interval_ns, cfg.source_tau_ns);
+    if interval == 0 {
+        return true;
+    }
+    let key = &syn.source;
+    if let Some(src) = SOURCES.get_ptr_mut(key) {
+        // SAFETY: pointer from the lookup.
+        return unsafe { limit::admit_source(src, interval, tau, now) };
+    }
+    if tau < interval {
+        return false;
+    }
+    // First SYN from this source: it spends one token of a full bucket. Two
+    // CPUs racing here may each insert; the later insert wins, costing at most
+    // one extra SYN.
+    let fresh = SourceBucket {
+        tat_ns: now + interval,
+    };
+    let _ = SOURCES.insert(key, &fresh, 0);
+    true
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+/// License section required to use GPL-only helpers; the program's own code
+/// is under the workspace license.
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

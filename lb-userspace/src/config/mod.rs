@@ -1,0 +1,586 @@
+//! The configuration file: its shape (every key documented where it is
+//! declared), parsing, and validation.
+//!
+//! `Config::load` reads TOML into these structs with unknown keys refused
+//! (`deny_unknown_fields`) and value types and ranges checked while
+//! deserializing, then `validate` checks what needs the whole file: that
+//! names resolve, that no two frontends share a VIP, that interfaces exist.
+//! Every error names the file, line, key, the value and what is allowed; all
+//! of them are reported at once. `docs/configuration.md` is the reference.
+
+mod error;
+pub mod values;
+
+use std::{
+    collections::{BTreeMap, HashSet},
+    net::SocketAddr,
+    path::{Path, PathBuf},
+};
+
+use serde::Deserialize;
+
+pub use error::{ConfigError, Problem};
+use error::{Seg, Source};
+use values::{ConfigDuration, Listen, Ranged, RangedSize};
+
+/// Upper bound of every per-second rate axis. The XDP buckets keep time in
+/// nanoseconds per token, so this keeps their rounding error under 0.5%.
+pub const MAX_RATE: u64 = 10_000_000;
+
+/// A whole configuration file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Process-wide settings.
+    #[serde(default)]
+    pub global: Global,
+    /// The XDP data plane.
+    #[serde(default)]
+    pub xdp: Xdp,
+    /// The admin listener (metrics, status page, API).
+    #[serde(default)]
+    pub admin: Option<Admin>,
+    /// A farm of `lb` nodes sharing state through Redis.
+    #[serde(default)]
+    pub cluster: Option<Cluster>,
+    /// Listeners (VIPs); each forwards to one pool.
+    #[serde(default)]
+    pub frontend: Vec<Frontend>,
+    /// Backend pools.
+    #[serde(default)]
+    pub pool: Vec<Pool>,
+    /// Named limit profiles, bound to pools by name.
+    #[serde(default)]
+    pub profile: BTreeMap<String, Limits>,
+    /// The file this was read from (not a key).
+    #[serde(skip)]
+    pub path: PathBuf,
+}
+
+/// `[global]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Global {
+    /// Instance name: maps are pinned under `/sys/fs/bpf/lb/<instance>/` and
+    /// only one `lb run` per name may run. Letters, digits, `-`, `_`; 1 to 64.
+    #[serde(default = "default_instance")]
+    pub instance: String,
+    /// Proxy worker threads; 0 = one per CPU.
+    #[serde(default)]
+    pub workers: Ranged<0, 1024>,
+    /// Limits for the whole process; an absent axis is not limited here.
+    #[serde(default)]
+    pub limits: Limits,
+}
+
+impl Default for Global {
+    fn default() -> Self {
+        Self {
+            instance: default_instance(),
+            workers: Ranged(0),
+            limits: Limits::default(),
+        }
+    }
+}
+
+fn default_instance() -> String {
+    "default".to_owned()
+}
+
+/// How the XDP program is attached (`[xdp] mode`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum XdpMode {
+    /// Native (driver) mode; fails where the driver lacks XDP support.
+    Driver,
+    /// Generic (skb) mode: works on any interface, including `lo`.
+    Skb,
+    /// Let the kernel pick: native where supported, else generic.
+    #[default]
+    Auto,
+    /// Attach nothing; every limit is left to userspace.
+    Off,
+}
+
+/// What XDP does with a SYN when the pool is saturated and its queue full.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Overflow {
+    /// Let the proxy answer (503 / close).
+    #[default]
+    Pass,
+    /// Answer the SYN with a RST.
+    Rst,
+    /// Drop the SYN.
+    Drop,
+}
+
+/// One interface name or several.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum Ifaces {
+    /// `iface = "eth0"`.
+    One(String),
+    /// `iface = ["eth0", "eth1"]`.
+    Many(Vec<String>),
+}
+
+/// `[xdp]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Xdp {
+    /// Interface(s) to attach to. Required unless `mode = "off"`.
+    #[serde(default)]
+    pub iface: Option<Ifaces>,
+    /// `driver | skb | auto | off`; default `auto`.
+    #[serde(default)]
+    pub mode: XdpMode,
+    /// SYNs per second admitted from one source address (IPv4 /32, IPv6
+    /// /64); 0 (the default) = no per-source limit.
+    #[serde(default)]
+    pub source_syn_rate: Ranged<0, MAX_RATE>,
+    /// SYNs one source may send at once before its rate applies; default
+    /// twice `sourceSynRate`. At least 1 when the rate is on.
+    #[serde(default)]
+    pub source_syn_burst: Option<Ranged<0, MAX_RATE>>,
+    /// Pool saturated and queue full: `pass | rst | drop`; default `pass`.
+    #[serde(default)]
+    pub overflow: Overflow,
+}
+
+impl Default for Xdp {
+    fn default() -> Self {
+        Self {
+            iface: None,
+            mode: XdpMode::Auto,
+            source_syn_rate: Ranged(0),
+            source_syn_burst: None,
+            overflow: Overflow::Pass,
+        }
+    }
+}
+
+impl Xdp {
+    /// The configured interfaces, as a list.
+    #[must_use]
+    pub fn ifaces(&self) -> Vec<String> {
+        match &self.iface {
+            None => Vec::new(),
+            Some(Ifaces::One(s)) => vec![s.clone()],
+            Some(Ifaces::Many(v)) => v.clone(),
+        }
+    }
+
+    /// The per-source burst in effect.
+    #[must_use]
+    pub fn source_burst(&self) -> u64 {
+        self.source_syn_burst
+            .map_or(self.source_syn_rate.0.saturating_mul(2), |b| b.0)
+    }
+}
+
+/// `[admin]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Admin {
+    /// Address of the admin listener; default `127.0.0.1:9100`.
+    #[serde(default)]
+    pub listen: Option<Listen>,
+    /// Bearer token needed for changes.
+    #[serde(default)]
+    pub token: Option<String>,
+    /// File holding the token (instead of `token`).
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
+}
+
+/// `[cluster]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Cluster {
+    /// Redis URL, `redis://host:port`.
+    pub redis: String,
+}
+
+/// Protocol a frontend speaks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// HTTP/1.1 and HTTP/2.
+    #[default]
+    Http,
+    /// Plain TCP.
+    Tcp,
+}
+
+/// `tls = { cert, key }` of a frontend.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tls {
+    /// PEM certificate chain.
+    pub cert: PathBuf,
+    /// PEM private key.
+    pub key: PathBuf,
+}
+
+/// `[[frontend]]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Frontend {
+    /// Unique name, used in counters and logs.
+    pub name: String,
+    /// The VIP, `IP:PORT`; XDP enforces on SYNs to it.
+    pub listen: Listen,
+    /// `http | tcp`; default `http`.
+    #[serde(default)]
+    pub mode: Mode,
+    /// Terminate TLS with this certificate; absent: plain.
+    #[serde(default)]
+    pub tls: Option<Tls>,
+    /// TLS details (tickets, cache, handshake gate, SNI).
+    #[serde(default)]
+    pub tls_options: Option<toml::Table>,
+    /// The pool it forwards to (a `[[pool]]` name).
+    pub pool: String,
+    /// Limits for this frontend; an absent axis is not limited here.
+    #[serde(default)]
+    pub limits: Limits,
+}
+
+/// Pool balancing algorithm.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Algorithm {
+    /// Smooth weighted round robin.
+    #[default]
+    Roundrobin,
+    /// Fewest active connections.
+    Leastconn,
+    /// Consistent hashing.
+    Maglev,
+}
+
+/// `[[pool]]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Pool {
+    /// Unique name.
+    pub name: String,
+    /// The limit profile (a `[profile.NAME]`); absent: every axis at its
+    /// default.
+    #[serde(default)]
+    pub profile: Option<String>,
+    /// `roundrobin | leastconn | maglev`; default `roundrobin`.
+    #[serde(default)]
+    pub algorithm: Algorithm,
+    /// Backend addresses, `IP:PORT`.
+    #[serde(default)]
+    pub backends: Vec<Listen>,
+    /// The queue in front of `maxConn`.
+    #[serde(default)]
+    pub queue: Option<Queue>,
+    /// Health checks.
+    #[serde(default)]
+    pub health: Option<toml::Table>,
+}
+
+/// `queue = { depth, timeout }`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Queue {
+    /// Waiters at most; 0 = no queue.
+    pub depth: Ranged<0, 1_000_000>,
+    /// Longest wait.
+    pub timeout: ConfigDuration,
+}
+
+/// The eight axes of a limit profile plus the handshake gate. In a
+/// `[profile.NAME]` an absent axis takes its default; in `[global.limits]`
+/// and `[frontend.limits]` an absent axis is not limited at that level. 0
+/// disables an axis everywhere.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Limits {
+    /// Concurrent connections (default 20000).
+    pub max_conn: Option<Ranged<0, 1_000_000>>,
+    /// Backend connect attempts after the first (default 3).
+    pub max_retries: Option<Ranged<0, 1000>>,
+    /// Connections accepted per second, by pacing (default 5000).
+    pub rate_limit_sessions: Option<Ranged<0, MAX_RATE>>,
+    /// New connections (SYNs) per second, enforced in XDP (default 10000).
+    pub max_conn_rate: Option<Ranged<0, MAX_RATE>>,
+    /// New sessions per second (default 10000).
+    pub max_sess_rate: Option<Ranged<0, MAX_RATE>>,
+    /// Concurrent TLS connections (default 5000).
+    pub max_ssl_conn: Option<Ranged<0, 1_000_000>>,
+    /// Full TLS handshakes per second (default 2000).
+    pub max_ssl_rate: Option<Ranged<0, MAX_RATE>>,
+    /// Buffer per connection and direction, 16KB..=256KB (default 128KB).
+    pub max_buffer_size: Option<RangedSize<{ 16 * 1024 }, { 256 * 1024 }>>,
+    /// TLS handshakes in flight per CPU (default 256).
+    pub max_active_handshakes: Option<Ranged<0, 1_000_000>>,
+}
+
+/// Profile defaults (the table in DESIGN.md).
+pub mod defaults {
+    /// `maxConn`.
+    pub const MAX_CONN: u64 = 20_000;
+    /// `maxConnRate`.
+    pub const MAX_CONN_RATE: u64 = 10_000;
+}
+
+impl Limits {
+    /// `maxConnRate` of a profile: its value or the default.
+    #[must_use]
+    pub fn profile_conn_rate(&self) -> u64 {
+        self.max_conn_rate.map_or(defaults::MAX_CONN_RATE, |r| r.0)
+    }
+
+    /// `maxConnRate` at the global or frontend level: 0 (off) when absent.
+    #[must_use]
+    pub fn level_conn_rate(&self) -> u64 {
+        self.max_conn_rate.map_or(0, |r| r.0)
+    }
+}
+
+impl Config {
+    /// Reads, parses and validates a file.
+    ///
+    /// # Errors
+    /// [`ConfigError::Read`] if the file cannot be read, [`ConfigError::Invalid`]
+    /// with every problem found otherwise.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses and validates config text; `path` is used in messages.
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] with every problem found.
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let source = Source::new(text);
+        let mut config: Config = toml::from_str(text).map_err(|e| ConfigError::Invalid {
+            path: path.to_owned(),
+            problems: vec![serde_problem(&source, &e)],
+        })?;
+        config.path = path.to_owned();
+        let problems = config.validate(&source);
+        if problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigError::Invalid {
+                path: path.to_owned(),
+                problems,
+            })
+        }
+    }
+
+    /// The index of the pool a frontend forwards to (valid after `load`).
+    #[must_use]
+    pub fn pool_index(&self, frontend: &Frontend) -> Option<usize> {
+        self.pool.iter().position(|p| p.name == frontend.pool)
+    }
+
+    /// The profile of a pool; the built-in defaults when it names none.
+    #[must_use]
+    pub fn profile_of(&self, pool: &Pool) -> Limits {
+        pool.profile
+            .as_ref()
+            .and_then(|n| self.profile.get(n))
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Everything that needs the whole file to check.
+    fn validate(&self, src: &Source<'_>) -> Vec<Problem> {
+        let mut out = Vec::new();
+        let mut problem = |path: &[Seg<'_>], key: String, message: String| {
+            out.push(Problem {
+                line: src.line_of_path(path),
+                key,
+                message,
+            });
+        };
+
+        let inst = &self.global.instance;
+        if inst.is_empty()
+            || inst.len() > 64
+            || !inst
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            problem(
+                &[Seg::Key("global"), Seg::Key("instance")],
+                "global.instance".into(),
+                format!("`{inst}` is not allowed; use 1 to 64 letters, digits, `-` or `_`"),
+            );
+        }
+
+        let ifaces = self.xdp.ifaces();
+        if self.xdp.mode != XdpMode::Off {
+            if ifaces.is_empty() && !self.frontend.is_empty() {
+                problem(
+                    &[Seg::Key("xdp")],
+                    "xdp.iface".into(),
+                    "missing; name the interface(s) to attach to, or set mode = \"off\"".into(),
+                );
+            }
+            for (i, name) in ifaces.iter().enumerate() {
+                if !iface_exists(name) {
+                    problem(
+                        &[Seg::Key("xdp"), Seg::Key("iface"), Seg::Index(i)],
+                        "xdp.iface".into(),
+                        format!(
+                            "interface `{name}` does not exist; allowed: an existing interface ({})",
+                            list_ifaces().join(", ")
+                        ),
+                    );
+                }
+            }
+        }
+        if self.xdp.source_syn_rate.0 > 0 && self.xdp.source_burst() == 0 {
+            problem(
+                &[Seg::Key("xdp"), Seg::Key("sourceSynBurst")],
+                "xdp.sourceSynBurst".into(),
+                "0 with sourceSynRate on would drop every SYN; allowed 1..=10000000".into(),
+            );
+        }
+
+        let mut names = HashSet::new();
+        let mut vips: BTreeMap<SocketAddr, &str> = BTreeMap::new();
+        for (i, f) in self.frontend.iter().enumerate() {
+            let at = |k| [Seg::Key("frontend"), Seg::Index(i), Seg::Key(k)];
+            if !names.insert(f.name.as_str()) {
+                problem(
+                    &at("name"),
+                    format!("frontend[{i}].name"),
+                    format!(
+                        "`{}` is used by another frontend; names must be unique",
+                        f.name
+                    ),
+                );
+            }
+            if let Some(other) = vips.insert(f.listen.0, &f.name) {
+                problem(
+                    &at("listen"),
+                    format!("frontend[{i}].listen"),
+                    format!(
+                        "`{}` is already the listen address of frontend `{other}`; \
+                         each address and port may have one frontend",
+                        f.listen.0
+                    ),
+                );
+            }
+            if !self.pool.iter().any(|p| p.name == f.pool) {
+                problem(
+                    &at("pool"),
+                    format!("frontend[{i}].pool"),
+                    format!(
+                        "no pool named `{}`; allowed: {}",
+                        f.pool,
+                        one_of(self.pool.iter().map(|p| p.name.as_str()))
+                    ),
+                );
+            }
+        }
+        if self.frontend.len() > lb_common::MAX_FRONTENDS as usize {
+            problem(
+                &[Seg::Key("frontend")],
+                "frontend".into(),
+                format!(
+                    "{} frontends; at most {} are allowed",
+                    self.frontend.len(),
+                    lb_common::MAX_FRONTENDS
+                ),
+            );
+        }
+
+        let mut pool_names = HashSet::new();
+        for (i, p) in self.pool.iter().enumerate() {
+            let at = |k| [Seg::Key("pool"), Seg::Index(i), Seg::Key(k)];
+            if !pool_names.insert(p.name.as_str()) {
+                problem(
+                    &at("name"),
+                    format!("pool[{i}].name"),
+                    format!("`{}` is used by another pool; names must be unique", p.name),
+                );
+            }
+            if let Some(prof) = &p.profile {
+                if !self.profile.contains_key(prof) {
+                    problem(
+                        &at("profile"),
+                        format!("pool[{i}].profile"),
+                        format!(
+                            "no profile named `{prof}`; allowed: {}",
+                            one_of(self.profile.keys().map(String::as_str))
+                        ),
+                    );
+                }
+            }
+        }
+        if self.pool.len() > lb_common::MAX_POOLS as usize {
+            problem(
+                &[Seg::Key("pool")],
+                "pool".into(),
+                format!(
+                    "{} pools; at most {} are allowed",
+                    self.pool.len(),
+                    lb_common::MAX_POOLS
+                ),
+            );
+        }
+        out.sort_by_key(|p| p.line);
+        out
+    }
+}
+
+fn one_of<'a>(names: impl Iterator<Item = &'a str>) -> String {
+    let v: Vec<String> = names.map(|n| format!("`{n}`")).collect();
+    if v.is_empty() {
+        "none are defined".into()
+    } else {
+        v.join(", ")
+    }
+}
+
+/// Turns a serde/TOML error into a problem with a line and the line's text
+/// (which names the key).
+fn serde_problem(src: &Source<'_>, e: &toml::de::Error) -> Problem {
+    let line = e.span().map(|s| src.line_of(s.start));
+    let key = line
+        .map(|l| src.line_text(l).to_owned())
+        .unwrap_or_default();
+    Problem {
+        line,
+        key,
+        message: e.message().trim().to_owned(),
+    }
+}
+
+/// Whether a network interface of this name exists (in this namespace).
+#[must_use]
+pub fn iface_exists(name: &str) -> bool {
+    let Ok(c) = std::ffi::CString::new(name) else {
+        return false;
+    };
+    // SAFETY: a valid NUL-terminated string.
+    unsafe { libc::if_nametoindex(c.as_ptr()) != 0 }
+}
+
+fn list_ifaces() -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir("/sys/class/net")
+        .map(|d| {
+            d.filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,17 @@
+//! `lb`: an eBPF/XDP-assisted load balancer.
+//!
+//! This library is the daemon and CLI behind the `lb` binary (`main.rs` is a
+//! thin shell over it). Modules, each with one owner:
+//! - [`config`]: the TOML file, parsed and validated with errors that point
+//!   at the line;
+//! - [`xdp`]: the control library for the XDP data plane (the only writer of
+//!   its maps);
+//! - [`instance`]: one `lb` per instance name, pins and their janitor;
+//! - [`stats`]: counters read back from the pinned maps;
+//! - [`run`]: `lb run`, tying the above together until a signal.
+
+pub mod config;
+pub mod instance;
+pub mod run;
+pub mod stats;
+pub mod xdp;

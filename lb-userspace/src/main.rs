@@ -1,0 +1,121 @@
+//! The `lb` command line: `run`, `check`, `stats`.
+
+use std::{path::PathBuf, process::ExitCode};
+
+use clap::{Parser, Subcommand};
+use lb::{config::Config, instance, stats::Stats};
+
+#[derive(Parser)]
+#[command(name = "lb", version, about = "An eBPF/XDP-assisted load balancer")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Load the config, attach XDP, pin maps, and run until SIGINT/SIGTERM.
+    Run {
+        /// The configuration file.
+        #[arg(short, long)]
+        config: PathBuf,
+    },
+    /// Validate a configuration file without attaching anything.
+    Check {
+        /// The configuration file.
+        #[arg(short, long)]
+        config: PathBuf,
+    },
+    /// Print the data plane's counters from the pinned maps.
+    Stats {
+        /// The `[global] instance` of the running `lb`.
+        #[arg(long, default_value = "default")]
+        instance: String,
+        /// One column per CPU.
+        #[arg(long)]
+        per_cpu: bool,
+        /// JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Internal: removes an instance's pins when its `lb` exits.
+    #[command(name = "__janitor", hide = true)]
+    Janitor {
+        #[arg(long)]
+        instance: String,
+    },
+}
+
+fn load(path: &std::path::Path) -> Result<Config, ExitCode> {
+    Config::load(path).map_err(|e| {
+        eprintln!("{e}");
+        eprintln!("lb: configuration refused; nothing was started");
+        ExitCode::from(2)
+    })
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::Check { config } => match load(&config) {
+            Ok(c) => {
+                println!(
+                    "{}: OK ({} frontend(s), {} pool(s), {} profile(s))",
+                    config.display(),
+                    c.frontend.len(),
+                    c.pool.len(),
+                    c.profile.len()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(code) => code,
+        },
+        Cmd::Run { config } => {
+            let c = match load(&config) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            match lb::run::run(&c) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("lb: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Cmd::Stats {
+            instance,
+            per_cpu,
+            json,
+        } => match Stats::read(&instance) {
+            Ok(s) if json => {
+                println!("{}", s.to_json());
+                ExitCode::SUCCESS
+            }
+            Ok(s) => {
+                println!(
+                    "instance {instance} ({})",
+                    lb::instance::pin_dir(&instance).display()
+                );
+                print!("{}", s.render(per_cpu));
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("lb stats: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Cmd::Janitor { instance: name } => {
+            instance::run_janitor(&name);
+            ExitCode::SUCCESS
+        }
+    }
+}

@@ -1,0 +1,256 @@
+//! `lb stats`: the data plane's counters, read from the pinned maps alone, so
+//! it works from any shell while `lb run` runs (and needs no admin API).
+
+use std::{fmt::Write as _, net::SocketAddr, path::Path};
+
+use aya::maps::{HashMap, Map, MapData, PerCpuArray, PerCpuValues};
+use lb_common::{maps, PacketCounters, VipCounters, VipKey, VipValue};
+use serde_json::{json, Value};
+
+use crate::{instance, xdp::vip_addr};
+
+/// Errors reading the pins.
+#[derive(Debug, thiserror::Error)]
+pub enum StatsError {
+    /// No pins: the instance is not running (or has no XDP).
+    #[error(
+        "no pinned maps at {0}: is `lb run` running with this instance name and XDP on? \
+         (`lb stats --instance NAME` must name the config's [global] instance)"
+    )]
+    NotRunning(String),
+    /// A map could not be opened or read.
+    #[error("reading pinned map `{name}`: {source}")]
+    Map {
+        /// Map name.
+        name: &'static str,
+        /// The error.
+        source: aya::maps::MapError,
+    },
+}
+
+/// The counters of one VIP, per CPU.
+#[derive(Debug, Clone)]
+pub struct VipStats {
+    /// The VIP.
+    pub addr: SocketAddr,
+    /// Its `vip_stats` index.
+    pub index: u32,
+    /// One entry per possible CPU.
+    pub per_cpu: Vec<VipCounters>,
+}
+
+/// Everything `lb stats` shows.
+#[derive(Debug, Clone)]
+pub struct Stats {
+    /// `counters`, one entry per possible CPU.
+    pub per_cpu: Vec<PacketCounters>,
+    /// Per VIP, sorted by index.
+    pub vips: Vec<VipStats>,
+}
+
+fn open(dir: &Path, name: &'static str) -> Result<Map, StatsError> {
+    let data =
+        MapData::from_pin(dir.join(name)).map_err(|source| StatsError::Map { name, source })?;
+    Map::from_map_data(data).map_err(|source| StatsError::Map { name, source })
+}
+
+/// Sums per-CPU values field by field.
+fn sum_packets(v: &[PacketCounters]) -> PacketCounters {
+    v.iter()
+        .fold(PacketCounters::default(), |a, c| PacketCounters {
+            not_ip: a.not_ip + c.not_ip,
+            malformed: a.malformed + c.malformed,
+            fragment: a.fragment + c.fragment,
+            not_tcp: a.not_tcp + c.not_tcp,
+            tcp_not_syn: a.tcp_not_syn + c.tcp_not_syn,
+            syn_not_vip: a.syn_not_vip + c.syn_not_vip,
+            syn_admitted: a.syn_admitted + c.syn_admitted,
+            syn_dropped: a.syn_dropped + c.syn_dropped,
+        })
+}
+
+fn sum_vip(v: &[VipCounters]) -> VipCounters {
+    v.iter().fold(VipCounters::default(), |a, c| VipCounters {
+        admitted: a.admitted + c.admitted,
+        drop_source: a.drop_source + c.drop_source,
+        drop_global: a.drop_global + c.drop_global,
+        drop_frontend: a.drop_frontend + c.drop_frontend,
+        drop_pool: a.drop_pool + c.drop_pool,
+    })
+}
+
+impl Stats {
+    /// Reads the pins of a running instance.
+    ///
+    /// # Errors
+    /// The instance has no pins, or a map could not be read.
+    pub fn read(instance_name: &str) -> Result<Self, StatsError> {
+        let dir = instance::pin_dir(instance_name);
+        if !dir.join(maps::COUNTERS).exists() {
+            return Err(StatsError::NotRunning(dir.display().to_string()));
+        }
+        Self::read_dir(&dir)
+    }
+
+    /// Reads the maps pinned in `dir`.
+    ///
+    /// # Errors
+    /// A map could not be opened or read.
+    pub fn read_dir(dir: &Path) -> Result<Self, StatsError> {
+        let err = |name| move |source| StatsError::Map { name, source };
+        let counters: PerCpuArray<MapData, PacketCounters> =
+            PerCpuArray::try_from(open(dir, maps::COUNTERS)?).map_err(err(maps::COUNTERS))?;
+        let values: PerCpuValues<PacketCounters> =
+            counters.get(&0, 0).map_err(err(maps::COUNTERS))?;
+        let per_cpu = values.iter().copied().collect();
+
+        let vip_map: HashMap<MapData, VipKey, VipValue> =
+            HashMap::try_from(open(dir, maps::VIPS)?).map_err(err(maps::VIPS))?;
+        let vip_stats: PerCpuArray<MapData, VipCounters> =
+            PerCpuArray::try_from(open(dir, maps::VIP_STATS)?).map_err(err(maps::VIP_STATS))?;
+        let mut vips = Vec::new();
+        for entry in vip_map.iter() {
+            let (k, v) = entry.map_err(err(maps::VIPS))?;
+            let values = vip_stats
+                .get(&v.vip_index, 0)
+                .map_err(err(maps::VIP_STATS))?;
+            vips.push(VipStats {
+                addr: vip_addr(&k),
+                index: v.vip_index,
+                per_cpu: values.iter().copied().collect(),
+            });
+        }
+        vips.sort_by_key(|v| v.index);
+        Ok(Self { per_cpu, vips })
+    }
+
+    /// Counters summed over CPUs.
+    #[must_use]
+    pub fn total(&self) -> PacketCounters {
+        sum_packets(&self.per_cpu)
+    }
+
+    /// As JSON: `{"packets": {...}, "per_cpu": [...], "vips": [...]}`.
+    #[must_use]
+    pub fn to_json(&self) -> Value {
+        let vips: Vec<Value> = self
+            .vips
+            .iter()
+            .map(|v| {
+                let t = sum_vip(&v.per_cpu);
+                json!({
+                    "vip": v.addr.to_string(),
+                    "admitted": t.admitted,
+                    "dropped": t.dropped(),
+                    "drop_source": t.drop_source,
+                    "drop_global": t.drop_global,
+                    "drop_frontend": t.drop_frontend,
+                    "drop_pool": t.drop_pool,
+                    "per_cpu": v.per_cpu.iter().map(vip_json).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        json!({
+            "packets": packets_json(&self.total()),
+            "per_cpu": self.per_cpu.iter().map(packets_json).collect::<Vec<_>>(),
+            "vips": vips,
+        })
+    }
+
+    /// The human table; `per_cpu` adds a column per CPU.
+    #[must_use]
+    pub fn render(&self, per_cpu: bool) -> String {
+        let mut out = String::new();
+        let cpus = self.per_cpu.len();
+        let header = |out: &mut String, title: &str| {
+            let _ = write!(out, "{title:<34}{:>12}", "total");
+            if per_cpu {
+                for c in 0..cpus {
+                    let _ = write!(out, "{:>12}", format!("cpu{c}"));
+                }
+            }
+            out.push('\n');
+        };
+        let row =
+            |out: &mut String, name: &str, total: u64, each: &mut dyn Iterator<Item = u64>| {
+                let _ = write!(out, "  {name:<32}{total:>12}");
+                if per_cpu {
+                    for v in each {
+                        let _ = write!(out, "{v:>12}");
+                    }
+                }
+                out.push('\n');
+            };
+        header(&mut out, "packets by verdict reason");
+        let t = self.total();
+        for (name, total, get) in packet_fields(&t) {
+            row(&mut out, name, total, &mut self.per_cpu.iter().map(get));
+        }
+        for v in &self.vips {
+            out.push('\n');
+            header(&mut out, &format!("SYNs to VIP {}", v.addr));
+            let t = sum_vip(&v.per_cpu);
+            row(
+                &mut out,
+                "admitted",
+                t.admitted,
+                &mut v.per_cpu.iter().map(|c| c.admitted),
+            );
+            row(
+                &mut out,
+                "dropped",
+                t.dropped(),
+                &mut v.per_cpu.iter().map(VipCounters::dropped),
+            );
+            for (name, total, get) in vip_drop_fields(&t) {
+                row(&mut out, name, total, &mut v.per_cpu.iter().map(get));
+            }
+        }
+        out
+    }
+}
+
+type PacketField = (&'static str, u64, fn(&PacketCounters) -> u64);
+
+fn packet_fields(t: &PacketCounters) -> [PacketField; 8] {
+    [
+        ("pass not_ip", t.not_ip, |c| c.not_ip),
+        ("pass malformed", t.malformed, |c| c.malformed),
+        ("pass fragment", t.fragment, |c| c.fragment),
+        ("pass not_tcp", t.not_tcp, |c| c.not_tcp),
+        ("pass tcp_not_syn", t.tcp_not_syn, |c| c.tcp_not_syn),
+        ("pass syn_not_vip", t.syn_not_vip, |c| c.syn_not_vip),
+        ("pass syn_admitted", t.syn_admitted, |c| c.syn_admitted),
+        ("drop syn (all VIPs)", t.syn_dropped, |c| c.syn_dropped),
+    ]
+}
+
+type VipField = (&'static str, u64, fn(&VipCounters) -> u64);
+
+fn vip_drop_fields(t: &VipCounters) -> [VipField; 4] {
+    [
+        ("  by source (sourceSynRate)", t.drop_source, |c| {
+            c.drop_source
+        }),
+        ("  by global maxConnRate", t.drop_global, |c| c.drop_global),
+        ("  by frontend maxConnRate", t.drop_frontend, |c| {
+            c.drop_frontend
+        }),
+        ("  by pool maxConnRate", t.drop_pool, |c| c.drop_pool),
+    ]
+}
+
+fn packets_json(c: &PacketCounters) -> Value {
+    json!({
+        "not_ip": c.not_ip, "malformed": c.malformed, "fragment": c.fragment,
+        "not_tcp": c.not_tcp, "tcp_not_syn": c.tcp_not_syn, "syn_not_vip": c.syn_not_vip,
+        "syn_admitted": c.syn_admitted, "syn_dropped": c.syn_dropped,
+    })
+}
+
+fn vip_json(c: &VipCounters) -> Value {
+    json!({
+        "admitted": c.admitted, "drop_source": c.drop_source, "drop_global": c.drop_global,
+        "drop_frontend": c.drop_frontend, "drop_pool": c.drop_pool,
+    })
+}

@@ -1,0 +1,390 @@
+//! The XDP control library: the only code that writes the data plane's maps.
+//!
+//! [`Plan::from_config`] turns a validated config into map contents (pure,
+//! testable without privileges); [`DataPlane`] loads the embedded object,
+//! writes a plan into its maps, pins them and attaches the program. Dropping
+//! a `DataPlane` detaches the program (its links are bpf_links owned by this
+//! process, so a killed `lb` detaches too: traffic passes).
+
+use std::{
+    net::{IpAddr, SocketAddr},
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    maps::{Array, HashMap, MapData},
+    programs::{Xdp, XdpMode as AyaMode},
+    Ebpf,
+};
+use lb_common::{
+    bucket, family, maps, programs, RateBucket, VipKey, VipValue, XdpConfig, MAX_VIPS,
+};
+
+use crate::config::{Config, XdpMode};
+
+/// The eBPF object built from `lb-ebpf` (see `build.rs`).
+pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-ebpf"));
+
+/// What can go wrong loading, configuring or attaching the data plane.
+#[derive(Debug, thiserror::Error)]
+pub enum XdpError {
+    /// The kernel refused to load the object or a map.
+    #[error("loading the XDP object: {0}")]
+    Load(#[from] aya::EbpfError),
+    /// The object lacks a map or program this build expects.
+    #[error("the XDP object has no {0} `{1}`")]
+    Missing(&'static str, &'static str),
+    /// A map operation failed.
+    #[error("map `{name}`: {source}")]
+    Map {
+        /// The map.
+        name: &'static str,
+        /// What the kernel said.
+        source: aya::maps::MapError,
+    },
+    /// Pinning a map failed.
+    #[error("pinning map `{name}` at {path}: {source}")]
+    Pin {
+        /// The map.
+        name: &'static str,
+        /// The pin path.
+        path: PathBuf,
+        /// What the kernel said.
+        source: aya::pin::PinError,
+    },
+    /// Loading or attaching the program failed.
+    #[error("XDP program on `{iface}` ({mode}): {source}")]
+    Attach {
+        /// Interface.
+        iface: String,
+        /// Attach mode asked for.
+        mode: &'static str,
+        /// What the kernel said.
+        source: aya::programs::ProgramError,
+    },
+    /// Loading the program into the kernel (verifier) failed.
+    #[error("loading program `{0}`: {1}")]
+    Program(&'static str, aya::programs::ProgramError),
+}
+
+/// Map contents for one configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    /// The `config` map entry.
+    pub config: XdpConfig,
+    /// The `vips` map: key, value, and the frontend's name (for humans).
+    pub vips: Vec<(VipKey, VipValue, String)>,
+    /// Bucket index → limits, for every bucket the config uses.
+    pub buckets: Vec<(u32, RateBucket)>,
+}
+
+/// Nanoseconds per token for a rate per second, rounded to nearest.
+fn interval_ns(rate: u64) -> u64 {
+    if rate == 0 {
+        0
+    } else {
+        (1_000_000_000 + rate / 2) / rate
+    }
+}
+
+/// A VIP-level bucket for `rate` SYNs per second; 0 disables it. The burst is
+/// one second's worth (`rate`), so "N per second" admits at most N more than
+/// N × seconds over any run. A CPU takes tokens in batches of rate/1000
+/// (1..=64): large enough that a busy CPU touches the shared bucket about
+/// once a millisecond, small enough that tokens parked in other CPUs' caches
+/// stay far below the ±10% the limit promises.
+#[must_use]
+pub fn rate_bucket(rate: u64, generation: u32) -> RateBucket {
+    let interval = interval_ns(rate);
+    RateBucket {
+        tat_ns: 0,
+        interval_ns: interval,
+        tau_ns: rate * interval,
+        batch: u32::try_from((rate / 1000).clamp(1, 64)).unwrap_or(64),
+        generation,
+    }
+}
+
+/// The `vips` key of a listen address.
+#[must_use]
+pub fn vip_key(addr: SocketAddr) -> VipKey {
+    let mut key = VipKey {
+        port_be: addr.port().to_be(),
+        ..VipKey::default()
+    };
+    match addr.ip() {
+        IpAddr::V4(a) => {
+            key.addr[..4].copy_from_slice(&a.octets());
+            key.family = family::V4;
+        }
+        IpAddr::V6(a) => {
+            key.addr = a.octets();
+            key.family = family::V6;
+        }
+    }
+    key
+}
+
+/// The listen address of a `vips` key.
+#[must_use]
+pub fn vip_addr(key: &VipKey) -> SocketAddr {
+    let port = u16::from_be(key.port_be);
+    if key.family == family::V4 {
+        let [a, b, c, d, ..] = key.addr;
+        SocketAddr::from(([a, b, c, d], port))
+    } else {
+        SocketAddr::from((key.addr, port))
+    }
+}
+
+impl Plan {
+    /// The map contents that enforce `cfg`. Bucket limits carry `generation`
+    /// so CPUs drop tokens cached under an older plan.
+    #[must_use]
+    pub fn from_config(cfg: &Config, generation: u32) -> Self {
+        let src_interval = interval_ns(cfg.xdp.source_syn_rate.0);
+        let config = XdpConfig {
+            source_interval_ns: src_interval,
+            source_tau_ns: cfg.xdp.source_burst() * src_interval,
+        };
+        let mut buckets = vec![(
+            bucket::GLOBAL,
+            rate_bucket(cfg.global.limits.level_conn_rate(), generation),
+        )];
+        for (i, pool) in cfg.pool.iter().enumerate() {
+            if let Some(idx) = u32::try_from(i).ok().and_then(bucket::pool) {
+                let rate = cfg.profile_of(pool).profile_conn_rate();
+                buckets.push((idx, rate_bucket(rate, generation)));
+            }
+        }
+        let mut vips = Vec::new();
+        for (i, f) in cfg.frontend.iter().enumerate() {
+            let (Some(fb), Some(pb), Ok(vip_index)) = (
+                u32::try_from(i).ok().and_then(bucket::frontend),
+                cfg.pool_index(f)
+                    .and_then(|p| u32::try_from(p).ok())
+                    .and_then(bucket::pool),
+                u32::try_from(i),
+            ) else {
+                continue;
+            };
+            if vip_index >= MAX_VIPS {
+                continue;
+            }
+            buckets.push((fb, rate_bucket(f.limits.level_conn_rate(), generation)));
+            vips.push((
+                vip_key(f.listen.0),
+                VipValue {
+                    vip_index,
+                    frontend_bucket: fb,
+                    pool_bucket: pb,
+                    _pad: 0,
+                },
+                f.name.clone(),
+            ));
+        }
+        buckets.sort_by_key(|b| b.0);
+        Self {
+            config,
+            vips,
+            buckets,
+        }
+    }
+}
+
+/// A loaded data plane: the object, its maps, its attachments.
+pub struct DataPlane {
+    ebpf: Ebpf,
+    attached: Vec<String>,
+}
+
+impl DataPlane {
+    /// Loads the embedded object (creates its maps; the program is loaded
+    /// into the kernel on first attach).
+    ///
+    /// # Errors
+    /// The kernel refused the object (no privileges, no BPF).
+    pub fn load() -> Result<Self, XdpError> {
+        Ok(Self {
+            ebpf: Ebpf::load(OBJECT)?,
+            attached: Vec::new(),
+        })
+    }
+
+    /// Writes a plan into the maps: config, buckets, then VIPs (so no VIP
+    /// points at a bucket not yet written).
+    ///
+    /// # Errors
+    /// A map update failed.
+    pub fn write(&mut self, plan: &Plan) -> Result<(), XdpError> {
+        let map_err = |name| move |source| XdpError::Map { name, source };
+        {
+            let mut config: Array<&mut MapData, XdpConfig> = Array::try_from(
+                self.ebpf
+                    .map_mut(maps::CONFIG)
+                    .ok_or(XdpError::Missing("map", maps::CONFIG))?,
+            )
+            .map_err(map_err(maps::CONFIG))?;
+            config
+                .set(0, plan.config, 0)
+                .map_err(map_err(maps::CONFIG))?;
+        }
+        {
+            let mut buckets: Array<&mut MapData, RateBucket> = Array::try_from(
+                self.ebpf
+                    .map_mut(maps::BUCKETS)
+                    .ok_or(XdpError::Missing("map", maps::BUCKETS))?,
+            )
+            .map_err(map_err(maps::BUCKETS))?;
+            for (idx, b) in &plan.buckets {
+                buckets.set(*idx, b, 0).map_err(map_err(maps::BUCKETS))?;
+            }
+        }
+        let mut vips: HashMap<&mut MapData, VipKey, VipValue> = HashMap::try_from(
+            self.ebpf
+                .map_mut(maps::VIPS)
+                .ok_or(XdpError::Missing("map", maps::VIPS))?,
+        )
+        .map_err(map_err(maps::VIPS))?;
+        for (k, v, _) in &plan.vips {
+            vips.insert(k, v, 0).map_err(map_err(maps::VIPS))?;
+        }
+        Ok(())
+    }
+
+    /// Pins every map under `dir` (which must exist, on a bpffs).
+    ///
+    /// # Errors
+    /// A pin failed (the directory is not on bpffs, or a pin exists).
+    pub fn pin(&self, dir: &Path) -> Result<(), XdpError> {
+        for name in maps::ALL {
+            let map = self.ebpf.map(name).ok_or(XdpError::Missing("map", name))?;
+            let path = dir.join(name);
+            map.pin(&path)
+                .map_err(|source| XdpError::Pin { name, path, source })?;
+        }
+        Ok(())
+    }
+
+    /// The program `name` (loaded into the kernel on first use).
+    ///
+    /// # Errors
+    /// The object lacks it, or the verifier refused it.
+    pub fn program(&mut self, name: &'static str) -> Result<&mut Xdp, XdpError> {
+        let prog: &mut Xdp = self
+            .ebpf
+            .program_mut(name)
+            .ok_or(XdpError::Missing("program", name))?
+            .try_into()
+            .map_err(|e| XdpError::Program(name, e))?;
+        if prog.fd().is_err() {
+            prog.load().map_err(|e| XdpError::Program(name, e))?;
+        }
+        Ok(prog)
+    }
+
+    /// Attaches the SYN limiter to `iface`.
+    ///
+    /// # Errors
+    /// The interface does not exist, or does not support `mode`.
+    pub fn attach(&mut self, iface: &str, mode: XdpMode) -> Result<(), XdpError> {
+        let (aya_mode, label) = match mode {
+            XdpMode::Driver => (AyaMode::Driver, "driver mode"),
+            XdpMode::Skb => (AyaMode::Skb, "skb mode"),
+            XdpMode::Auto | XdpMode::Off => (AyaMode::default(), "auto mode"),
+        };
+        let prog = self.program(programs::XDP_LB)?;
+        prog.attach(iface, aya_mode)
+            .map_err(|source| XdpError::Attach {
+                iface: iface.to_owned(),
+                mode: label,
+                source,
+            })?;
+        self.attached.push(iface.to_owned());
+        Ok(())
+    }
+
+    /// Interfaces the program is attached to.
+    #[must_use]
+    pub fn attached(&self) -> &[String] {
+        &self.attached
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    #[test]
+    fn vip_keys_round_trip() {
+        for a in ["10.1.2.3:443", "[2001:db8::5]:8443"] {
+            let addr: SocketAddr = a.parse().expect("addr");
+            assert_eq!(vip_addr(&vip_key(addr)), addr);
+        }
+        let k = vip_key("10.1.2.3:443".parse().expect("addr"));
+        assert_eq!(k.addr[..4], [10, 1, 2, 3]);
+        assert_eq!(k.port_be.to_ne_bytes(), [0x01, 0xBB]);
+    }
+
+    #[test]
+    fn rate_buckets_encode_rate_burst_and_batch() {
+        let b = rate_bucket(500, 7);
+        assert_eq!(b.interval_ns, 2_000_000);
+        assert_eq!(b.tau_ns, 1_000_000_000);
+        assert_eq!(b.batch, 1);
+        assert_eq!(b.generation, 7);
+        assert_eq!(rate_bucket(10_000, 1).batch, 10);
+        assert_eq!(rate_bucket(1_000_000, 1).batch, 64);
+        assert_eq!(rate_bucket(0, 1).interval_ns, 0, "0 disables");
+    }
+
+    #[test]
+    fn plan_wires_each_vip_to_its_frontend_and_pool_buckets() {
+        let cfg = Config::parse(
+            r#"
+            [global.limits]
+            maxConnRate = 0
+            [xdp]
+            mode = "off"
+            sourceSynRate = 100
+            sourceSynBurst = 5
+            [[frontend]]
+            name = "a"
+            listen = "10.0.0.1:80"
+            pool = "p2"
+            [frontend.limits]
+            maxConnRate = 300
+            [[pool]]
+            name = "p1"
+            [[pool]]
+            name = "p2"
+            profile = "slow"
+            [profile.slow]
+            maxConnRate = 200
+            "#,
+            Path::new("t.toml"),
+        )
+        .expect("valid");
+        let plan = Plan::from_config(&cfg, 1);
+        assert_eq!(plan.config.source_interval_ns, 10_000_000);
+        assert_eq!(plan.config.source_tau_ns, 50_000_000);
+        assert_eq!(plan.vips.len(), 1);
+        let (_, v, name) = &plan.vips[0];
+        assert_eq!(name, "a");
+        assert_eq!(v.frontend_bucket, bucket::frontend(0).expect("in range"));
+        assert_eq!(v.pool_bucket, bucket::pool(1).expect("in range"));
+        let rate_of = |idx: u32| {
+            plan.buckets
+                .iter()
+                .find(|b| b.0 == idx)
+                .map(|b| b.1.interval_ns)
+        };
+        assert_eq!(rate_of(bucket::GLOBAL), Some(0));
+        assert_eq!(rate_of(v.frontend_bucket), Some(interval_ns(300)));
+        assert_eq!(rate_of(v.pool_bucket), Some(interval_ns(200)));
+        // p1 has no profile: the default 10000/s.
+        assert_eq!(rate_of(bucket::pool(0).expect("in range")), Some(100_000));
+    }
+}
