@@ -1,1 +1,213 @@
-fn main() {}
+//! `cargo xtask`: every step a person or CI needs, installing what a fresh
+//! machine lacks first.
+//!
+//! - `setup`: apt packages, `rust-src` for nightly, bpf-linker built against
+//!   LLVM 22; skips what is present, names the step that failed.
+//! - `build-ebpf`: the XDP object, printed with its path and size.
+//! - `lint`: rustfmt and clippy on every crate (the eBPF crate with nightly).
+//! - `test`: unit tests, then the privileged kernel and netns tests.
+//! - `demo`: a client/lb namespace pair, `lb` with XDP, a short SYN flood.
+//! - `bench xdp`: ns per packet and CPU per dropped SYN, written to
+//!   `bench/results/xdp.md`.
+//!
+//! Every command but `setup` runs `setup` first.
+
+mod setup;
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{bail, Context as _, Result};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "xtask")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install what this machine lacks (idempotent).
+    Setup,
+    /// Build the eBPF object and print its path and size.
+    BuildEbpf,
+    /// rustfmt --check and clippy -D warnings on all crates.
+    Lint,
+    /// Run every test (kernel and netns tests need root).
+    Test,
+    /// Show the XDP SYN limiter at work in two network namespaces.
+    Demo,
+    /// Benchmarks; results go to bench/results/.
+    Bench {
+        /// Which: `xdp`.
+        #[arg(default_value = "xdp")]
+        which: String,
+        /// Shorter runs (numbers only prove the harness works).
+        #[arg(long)]
+        quick: bool,
+    },
+}
+
+/// The workspace root (xtask lives one level below it).
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
+}
+
+/// Runs a command in the workspace root; fails naming it.
+pub fn run(cmd: &mut Command) -> Result<()> {
+    cmd.current_dir(root());
+    let status = cmd.status().with_context(|| format!("starting {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed ({status})");
+    }
+    Ok(())
+}
+
+/// A `cargo` command whose environment does not leak the outer cargo's
+/// toolchain choice into it.
+fn cargo() -> Command {
+    let mut c = Command::new("cargo");
+    for var in [
+        "RUSTC",
+        "RUSTC_WRAPPER",
+        "RUSTC_WORKSPACE_WRAPPER",
+        "RUSTUP_TOOLCHAIN",
+        "RUSTFLAGS",
+        "CARGO_ENCODED_RUSTFLAGS",
+        "CARGO_TARGET_DIR",
+    ] {
+        c.env_remove(var);
+    }
+    c
+}
+
+/// Builds the eBPF object; returns its path.
+fn build_ebpf() -> Result<PathBuf> {
+    run(cargo().args([
+        "+nightly",
+        "build",
+        "--release",
+        "-Z",
+        "build-std=core",
+        "--target",
+        "bpfel-unknown-none",
+        "-p",
+        "lb-ebpf",
+    ]))
+    .context("building the eBPF object (crate lb-ebpf)")?;
+    let obj = root().join("target/bpfel-unknown-none/release/lb-ebpf");
+    let size = std::fs::metadata(&obj)
+        .with_context(|| format!("the build left no object at {}", obj.display()))?
+        .len();
+    println!("eBPF object: {} ({size} bytes)", obj.display());
+    Ok(obj)
+}
+
+/// `cargo` with `LB_EBPF_OBJECT` set, so `lb` embeds the object just built.
+fn cargo_with(obj: &Path) -> Command {
+    let mut c = cargo();
+    c.env("LB_EBPF_OBJECT", obj);
+    c
+}
+
+fn lint(obj: &Path) -> Result<()> {
+    run(cargo().args(["fmt", "--all", "--", "--check"]))
+        .context("rustfmt found unformatted code: run `cargo fmt --all`")?;
+    run(cargo_with(obj).args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))
+    .context("clippy (host crates)")?;
+    run(cargo().args([
+        "+nightly",
+        "clippy",
+        "-Z",
+        "build-std=core",
+        "--target",
+        "bpfel-unknown-none",
+        "-p",
+        "lb-ebpf",
+        "--release",
+        "--",
+        "-D",
+        "warnings",
+    ]))
+    .context("clippy (lb-ebpf, nightly)")
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+fn test(obj: &Path) -> Result<()> {
+    // The binary the integration tests start.
+    run(cargo_with(obj).args(["build", "-p", "lb-userspace", "--bins"])).context("building lb")?;
+    run(cargo_with(obj).args(["test", "--workspace", "--exclude", "lb-tests"]))
+        .context("unit tests")?;
+    if !is_root() {
+        if std::env::var("CI").is_ok_and(|v| v == "true") {
+            bail!("CI=true but not root: the kernel and netns tests need root");
+        }
+        eprintln!(
+            "xtask test: not root: the kernel and netns tests will report themselves skipped"
+        );
+    }
+    // Kernel tests share interfaces, pins and CPU time: one at a time.
+    run(cargo_with(obj)
+        .env("LB_BIN", root().join("target/debug/lb"))
+        .args(["test", "-p", "lb-tests", "--", "--test-threads=1"]))
+    .context("integration tests (crate tests/)")
+}
+
+fn run_tool(obj: &Path, bin: &str, args: &[&str]) -> Result<()> {
+    run(cargo_with(obj).args([
+        "build",
+        "--release",
+        "-p",
+        "lb-userspace",
+        "-p",
+        "lb-tests",
+        "--bins",
+    ]))
+    .context("building lb and the test tools")?;
+    let path = root().join("target/release").join(bin);
+    run(Command::new(&path)
+        .args(args)
+        .env("LB_BIN", root().join("target/release/lb")))
+    .with_context(|| format!("running {bin}"))
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    setup::setup().context("xtask setup")?;
+    match cli.cmd {
+        Cmd::Setup => Ok(()),
+        Cmd::BuildEbpf => build_ebpf().map(|_| ()),
+        Cmd::Lint => lint(&build_ebpf()?),
+        Cmd::Test => test(&build_ebpf()?),
+        Cmd::Demo => run_tool(&build_ebpf()?, "lb-demo", &[]),
+        Cmd::Bench { which, quick } => match which.as_str() {
+            "xdp" | "all" => {
+                let out = root().join("bench/results/xdp.md");
+                let out = out.to_string_lossy().into_owned();
+                let mut args = vec!["--out", out.as_str()];
+                if quick {
+                    args.push("--quick");
+                }
+                run_tool(&build_ebpf()?, "lb-bench-xdp", &args)
+            }
+            other => bail!("unknown benchmark `{other}`; allowed: xdp, all"),
+        },
+    }
+}

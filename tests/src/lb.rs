@@ -1,0 +1,140 @@
+//! A real `lb` process, started in a namespace and stopped on drop.
+
+use std::{
+    io::{BufRead as _, BufReader},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context as _, Result};
+
+use crate::netns::Netns;
+
+/// The `lb` binary: `LB_BIN` (set by `cargo xtask`), else `target/debug/lb`.
+///
+/// # Panics
+/// Neither exists.
+#[must_use]
+pub fn lb_bin() -> PathBuf {
+    let p = std::env::var_os("LB_BIN").map_or_else(
+        || Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/lb"),
+        PathBuf::from,
+    );
+    assert!(
+        p.exists(),
+        "no lb binary at {}: run through `cargo xtask test`, or build lb first",
+        p.display()
+    );
+    p
+}
+
+/// A running `lb run`. Dropping it SIGKILLs what is left of it.
+pub struct Lb {
+    child: Child,
+    log: Arc<Mutex<String>>,
+}
+
+impl Lb {
+    /// Writes `config` to a file and starts `lb run` on it in `ns` (or in
+    /// this namespace), then waits until it logs `ready`.
+    ///
+    /// # Errors
+    /// `lb` exited or did not get ready within 20 s; the error holds its log.
+    pub fn start(ns: Option<&Netns>, config_path: &Path, config: &str) -> Result<Self> {
+        std::fs::write(config_path, config)?;
+        let mut cmd = match ns {
+            Some(ns) => ns.cmd(&lb_bin().to_string_lossy()),
+            None => Command::new(lb_bin()),
+        };
+        let mut child = cmd
+            .args(["run", "-c"])
+            .arg(config_path)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("starting lb")?;
+        let log = Arc::new(Mutex::new(String::new()));
+        let stderr = child.stderr.take().context("no stderr")?;
+        let sink = Arc::clone(&log);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Ok(mut l) = sink.lock() {
+                    l.push_str(&line);
+                    l.push('\n');
+                }
+            }
+        });
+        let mut lb = Self { child, log };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if lb.log().contains(" ready") {
+                return Ok(lb);
+            }
+            if let Some(status) = lb.child.try_wait()? {
+                std::thread::sleep(Duration::from_millis(100));
+                bail!("lb exited ({status}) before ready:\n{}", lb.log());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        bail!("lb not ready after 20 s:\n{}", lb.log())
+    }
+
+    /// Everything `lb` wrote to stderr so far.
+    #[must_use]
+    pub fn log(&self) -> String {
+        self.log.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+
+    /// The process id.
+    #[must_use]
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends `signal` and waits (up to 10 s) for the exit; returns the code.
+    ///
+    /// # Errors
+    /// `lb` did not exit in time.
+    pub fn stop(&mut self, signal: i32) -> Result<Option<i32>> {
+        // The child is `nsenter`, which execs lb: same pid.
+        let pid = i32::try_from(self.child.id())?;
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(pid, signal) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status.code());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        bail!(
+            "lb did not exit within 10 s of signal {signal}:\n{}",
+            self.log()
+        )
+    }
+}
+
+impl Drop for Lb {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Runs `lb ARGS` to completion; returns (exit code, stdout, stderr).
+///
+/// # Errors
+/// `lb` could not be started.
+pub fn lb_cmd(args: &[&str]) -> Result<(i32, String, String)> {
+    let out = Command::new(lb_bin()).args(args).output()?;
+    Ok((
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    ))
+}

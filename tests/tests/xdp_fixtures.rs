@@ -1,0 +1,457 @@
+//! Packet fixtures through BPF_PROG_TEST_RUN: each packet, the verdict the XDP
+//! program must give it, and the one counter that must move (read back from
+//! the pinned maps, the way `lb stats` reads them).
+//!
+//! Needs root (loads BPF). Every fixture runs against the real embedded object.
+
+use std::path::{Path, PathBuf};
+
+use aya::programs::{TestRun as _, TestRunOptions};
+use lb::{
+    config::Config,
+    instance,
+    stats::Stats,
+    xdp::{DataPlane, Plan},
+};
+use lb_common::{programs, PacketCounters, VipCounters};
+use lb_tests::{
+    have_root,
+    packet::{self, flags, proto},
+    unique_tag,
+};
+
+const XDP_DROP: u32 = 1;
+const XDP_PASS: u32 = 2;
+
+const VIP4: [u8; 4] = [10, 0, 0, 1];
+const VIP4_POOL: [u8; 4] = [10, 0, 0, 2];
+const CLIENT4: [u8; 4] = [192, 0, 2, 7];
+const CLIENT4_B: [u8; 4] = [192, 0, 2, 8];
+const VIP6: [u8; 16] = [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+const CLIENT6: [u8; 16] = [0x20, 0x01, 0x0d, 0xb8, 0, 9, 0, 0, 0, 0, 0, 0, 0, 0, 0, 7];
+
+/// Per-VIP budgets are tiny so "admitted, then dropped" takes a few packets;
+/// no bucket refills measurably within a test (1 token per second).
+const CONFIG: &str = r#"
+[xdp]
+mode = "off"
+[[frontend]]
+name = "v4"
+listen = "10.0.0.1:80"
+pool = "open"
+[frontend.limits]
+maxConnRate = 2
+[[frontend]]
+name = "v6"
+listen = "[2001:db8::1]:443"
+pool = "open"
+[frontend.limits]
+maxConnRate = 2
+[[frontend]]
+name = "pooled"
+listen = "10.0.0.2:80"
+pool = "tight"
+[[pool]]
+name = "open"
+profile = "unlimited"
+[[pool]]
+name = "tight"
+profile = "tight"
+[profile.unlimited]
+maxConnRate = 0
+[profile.tight]
+maxConnRate = 1
+"#;
+
+/// A loaded program with its maps pinned in a scratch directory.
+struct Fixture {
+    plane: DataPlane,
+    pins: PathBuf,
+}
+
+impl Fixture {
+    fn new(config: &str) -> Self {
+        pin_to_cpu0();
+        let cfg = Config::parse(config, Path::new("fixture.toml")).expect("fixture config");
+        instance::ensure_bpffs().expect("bpffs");
+        let mut plane = DataPlane::load().expect("load the XDP object");
+        plane
+            .write(&Plan::from_config(&cfg, 1))
+            .expect("write maps");
+        let pins = instance::pin_dir(&format!("fixture-{}", unique_tag()));
+        std::fs::create_dir_all(&pins).expect("pin dir");
+        plane.pin(&pins).expect("pin maps");
+        Self { plane, pins }
+    }
+
+    fn stats(&self) -> Stats {
+        Stats::read_dir(&self.pins).expect("read counters")
+    }
+
+    fn run(&mut self, pkt: &[u8]) -> u32 {
+        let prog = self.plane.program(programs::XDP_LB).expect("program");
+        let mut out = vec![0u8; pkt.len() + 256];
+        let opts = TestRunOptions {
+            data_in: Some(pkt),
+            data_out: Some(&mut out),
+            ..TestRunOptions::default()
+        };
+        prog.test_run(opts).expect("BPF_PROG_TEST_RUN").return_value
+    }
+
+    /// Runs `pkt`, asserts its verdict, and asserts that exactly one packet
+    /// counter moved, by one: the one `field` picks.
+    fn expect(&mut self, what: &str, pkt: &[u8], verdict: u32, field: fn(&PacketCounters) -> u64) {
+        let before = self.stats().total();
+        let got = self.run(pkt);
+        let after = self.stats().total();
+        assert_eq!(got, verdict, "{what}: verdict");
+        assert_eq!(field(&after) - field(&before), 1, "{what}: its counter");
+        assert_eq!(
+            sum(&after) - sum(&before),
+            1,
+            "{what}: no other counter moved"
+        );
+    }
+
+    fn vip(&self, index: usize) -> VipCounters {
+        let s = self.stats();
+        s.vips[index]
+            .per_cpu
+            .iter()
+            .fold(VipCounters::default(), |a, c| VipCounters {
+                admitted: a.admitted + c.admitted,
+                drop_source: a.drop_source + c.drop_source,
+                drop_global: a.drop_global + c.drop_global,
+                drop_frontend: a.drop_frontend + c.drop_frontend,
+                drop_pool: a.drop_pool + c.drop_pool,
+            })
+    }
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        let _ = instance::remove_pins(&self.pins);
+    }
+}
+
+/// Keeps this thread on CPU 0: test runs execute on the calling CPU, and the
+/// buckets' per-CPU token caches must be the same one from run to run.
+fn pin_to_cpu0() {
+    // SAFETY: a zeroed cpu_set_t is valid; CPU_SET writes within it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(0, &mut set);
+        assert_eq!(
+            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set),
+            0,
+            "pin to CPU 0"
+        );
+    }
+}
+
+fn sum(c: &PacketCounters) -> u64 {
+    c.not_ip
+        + c.malformed
+        + c.fragment
+        + c.not_tcp
+        + c.tcp_not_syn
+        + c.syn_not_vip
+        + c.syn_admitted
+        + c.syn_dropped
+}
+
+const fn admitted(c: &PacketCounters) -> u64 {
+    c.syn_admitted
+}
+const fn dropped(c: &PacketCounters) -> u64 {
+    c.syn_dropped
+}
+
+#[test]
+fn syns_to_a_vip_are_admitted_until_the_bucket_is_empty_v4_and_v6() {
+    if !have_root("syns_to_a_vip_are_admitted_until_the_bucket_is_empty_v4_and_v6") {
+        return;
+    }
+    let mut f = Fixture::new(CONFIG);
+    let syn4 = packet::v4_tcp(CLIENT4, VIP4, 80, flags::SYN);
+    f.expect("IPv4 SYN 1", &syn4, XDP_PASS, admitted);
+    f.expect("IPv4 SYN 2", &syn4, XDP_PASS, admitted);
+    f.expect("IPv4 SYN 3, bucket empty", &syn4, XDP_DROP, dropped);
+    let v4 = f.vip(0);
+    assert_eq!((v4.admitted, v4.drop_frontend, v4.dropped()), (2, 1, 1));
+
+    let syn6 = packet::v6_tcp(CLIENT6, VIP6, &[], 443, flags::SYN);
+    f.expect("IPv6 SYN 1", &syn6, XDP_PASS, admitted);
+    // Behind hop-by-hop, routing and destination-options headers.
+    let syn6_ext = packet::v6_tcp(
+        CLIENT6,
+        VIP6,
+        &[
+            (proto::HOPOPTS, 0),
+            (proto::ROUTING, 2),
+            (proto::DSTOPTS, 1),
+        ],
+        443,
+        flags::SYN,
+    );
+    f.expect(
+        "IPv6 SYN behind extension headers",
+        &syn6_ext,
+        XDP_PASS,
+        admitted,
+    );
+    f.expect("IPv6 SYN 3, bucket empty", &syn6, XDP_DROP, dropped);
+    let v6 = f.vip(1);
+    assert_eq!((v6.admitted, v6.drop_frontend), (2, 1));
+    // The v4 VIP's drops did not touch the v6 VIP and vice versa.
+    assert_eq!(f.vip(0).admitted, 2);
+}
+
+#[test]
+fn pool_and_global_levels_drop_with_their_own_reason() {
+    if !have_root("pool_and_global_levels_drop_with_their_own_reason") {
+        return;
+    }
+    let mut f = Fixture::new(CONFIG);
+    let syn = packet::v4_tcp(CLIENT4, VIP4_POOL, 80, flags::SYN);
+    f.expect("pool SYN 1", &syn, XDP_PASS, admitted);
+    f.expect("pool SYN 2, pool empty", &syn, XDP_DROP, dropped);
+    let v = f.vip(2);
+    assert_eq!((v.admitted, v.drop_pool, v.drop_frontend), (1, 1, 0));
+
+    // Global 3/s over frontends of 2/s each. A SYN the frontend refuses
+    // gives its global token back, so the v6 VIP still gets the last one.
+    let global = CONFIG.replace("[xdp]", "[global.limits]\nmaxConnRate = 3\n[xdp]");
+    let mut g = Fixture::new(&global);
+    let syn4 = packet::v4_tcp(CLIENT4, VIP4, 80, flags::SYN);
+    let syn6 = packet::v6_tcp(CLIENT6, VIP6, &[], 443, flags::SYN);
+    g.expect("v4 1", &syn4, XDP_PASS, admitted);
+    g.expect("v4 2", &syn4, XDP_PASS, admitted);
+    g.expect("v4 3, frontend empty", &syn4, XDP_DROP, dropped);
+    g.expect("v6 1, the refunded global token", &syn6, XDP_PASS, admitted);
+    g.expect("v6 2, global empty", &syn6, XDP_DROP, dropped);
+    assert_eq!(g.vip(0).drop_frontend, 1);
+    assert_eq!((g.vip(1).drop_global, g.vip(1).drop_frontend), (1, 0));
+}
+
+#[test]
+fn one_flooding_source_is_dropped_while_another_passes() {
+    if !have_root("one_flooding_source_is_dropped_while_another_passes") {
+        return;
+    }
+    let cfg = CONFIG.replace(
+        "mode = \"off\"",
+        "mode = \"off\"\nsourceSynRate = 1\nsourceSynBurst = 1",
+    );
+    let mut f = Fixture::new(&cfg);
+    let from_a = packet::v4_tcp(CLIENT4, VIP4, 80, flags::SYN);
+    let from_b = packet::v4_tcp(CLIENT4_B, VIP4, 80, flags::SYN);
+    f.expect("source A 1", &from_a, XDP_PASS, admitted);
+    f.expect("source A 2, its burst spent", &from_a, XDP_DROP, dropped);
+    f.expect("source A 3", &from_a, XDP_DROP, dropped);
+    f.expect("source B 1", &from_b, XDP_PASS, admitted);
+    let v = f.vip(0);
+    assert_eq!((v.admitted, v.drop_source, v.drop_frontend), (2, 2, 0));
+    // IPv6 sources are keyed by /64: another host in the same /64 shares it.
+    let mut same64 = CLIENT6;
+    same64[15] = 99;
+    let syn6 = |src| packet::v6_tcp(src, VIP6, &[], 443, flags::SYN);
+    f.expect("v6 source 1", &syn6(CLIENT6), XDP_PASS, admitted);
+    f.expect("v6 same /64", &syn6(same64), XDP_DROP, dropped);
+    assert_eq!(f.vip(1).drop_source, 1);
+}
+
+#[test]
+fn vlan_tagged_syns_are_seen() {
+    if !have_root("vlan_tagged_syns_are_seen") {
+        return;
+    }
+    let mut f = Fixture::new(CONFIG);
+    let ip = packet::ipv4(
+        CLIENT4,
+        VIP4,
+        proto::TCP,
+        &[],
+        0,
+        &packet::tcp(1, 80, flags::SYN),
+    );
+    let mut single = packet::eth(0x0800, &[packet::TPID_8021Q]);
+    single.extend(&ip);
+    let mut double = packet::eth(0x0800, &[packet::TPID_8021AD, packet::TPID_8021Q]);
+    double.extend(&ip);
+    f.expect("802.1Q SYN", &single, XDP_PASS, admitted);
+    f.expect("QinQ SYN", &double, XDP_PASS, admitted);
+    f.expect("QinQ SYN, bucket empty", &double, XDP_DROP, dropped);
+}
+
+#[test]
+fn everything_that_is_not_a_syn_to_a_vip_passes_with_its_reason() {
+    if !have_root("everything_that_is_not_a_syn_to_a_vip_passes_with_its_reason") {
+        return;
+    }
+    let mut f = Fixture::new(CONFIG);
+    for (name, bits) in [
+        ("SYN-ACK", flags::SYN | flags::ACK),
+        ("ACK", flags::ACK),
+        ("RST", flags::RST),
+        ("FIN", flags::FIN | flags::ACK),
+    ] {
+        f.expect(
+            name,
+            &packet::v4_tcp(CLIENT4, VIP4, 80, bits),
+            XDP_PASS,
+            |c| c.tcp_not_syn,
+        );
+        f.expect(
+            name,
+            &packet::v6_tcp(CLIENT6, VIP6, &[], 443, bits),
+            XDP_PASS,
+            |c| c.tcp_not_syn,
+        );
+    }
+    f.expect(
+        "SYN to a non-VIP port",
+        &packet::v4_tcp(CLIENT4, VIP4, 81, flags::SYN),
+        XDP_PASS,
+        |c| c.syn_not_vip,
+    );
+    f.expect(
+        "SYN to a non-VIP address",
+        &packet::v4_tcp(CLIENT4, [10, 0, 0, 9], 80, flags::SYN),
+        XDP_PASS,
+        |c| c.syn_not_vip,
+    );
+    f.expect(
+        "IPv6 SYN to a non-VIP port",
+        &packet::v6_tcp(CLIENT6, VIP6, &[], 80, flags::SYN),
+        XDP_PASS,
+        |c| c.syn_not_vip,
+    );
+
+    let mut udp = packet::eth(0x0800, &[]);
+    udp.extend(packet::ipv4(
+        CLIENT4,
+        VIP4,
+        proto::UDP,
+        &[],
+        0,
+        &[0, 53, 0, 80, 0, 8, 0, 0],
+    ));
+    f.expect("UDP", &udp, XDP_PASS, |c| c.not_tcp);
+    let mut icmp = packet::eth(0x0800, &[]);
+    icmp.extend(packet::ipv4(
+        CLIENT4,
+        VIP4,
+        proto::ICMP,
+        &[],
+        0,
+        &[8, 0, 0, 0, 0, 1, 0, 1],
+    ));
+    f.expect("ICMP", &icmp, XDP_PASS, |c| c.not_tcp);
+    f.expect("ARP", &packet::arp(), XDP_PASS, |c| c.not_ip);
+
+    // IPv4 fragments: first (more-fragments set) and a later one; IPv6 with
+    // a fragment header.
+    let seg = packet::tcp(1, 80, flags::SYN);
+    for (name, frag) in [
+        ("IPv4 first fragment", 0x2000),
+        ("IPv4 later fragment", 0x0010),
+    ] {
+        let mut p = packet::eth(0x0800, &[]);
+        p.extend(packet::ipv4(CLIENT4, VIP4, proto::TCP, &[], frag, &seg));
+        f.expect(name, &p, XDP_PASS, |c| c.fragment);
+    }
+    f.expect(
+        "IPv6 fragment header",
+        &packet::v6_tcp(CLIENT6, VIP6, &[(proto::FRAGMENT, 0)], 443, flags::SYN),
+        XDP_PASS,
+        |c| c.fragment,
+    );
+
+    // No SYN was admitted or dropped by any of the above.
+    assert_eq!(f.vip(0).admitted + f.vip(0).dropped(), 0);
+}
+
+#[test]
+fn ipv4_options_are_skipped() {
+    if !have_root("ipv4_options_are_skipped") {
+        return;
+    }
+    let mut f = Fixture::new(CONFIG);
+    // NOP, NOP, a 4-byte timestamp-ish option, 12 bytes in all: IHL 8.
+    let opts = [1, 1, 0x44, 4, 5, 0, 1, 1, 1, 1, 1, 1];
+    let mut p = packet::eth(0x0800, &[]);
+    p.extend(packet::ipv4(
+        CLIENT4,
+        VIP4,
+        proto::TCP,
+        &opts,
+        0,
+        &packet::tcp(1, 80, flags::SYN),
+    ));
+    f.expect("SYN with IPv4 options", &p, XDP_PASS, admitted);
+    // The port is read past the options: to port 81 it is no VIP.
+    let mut q = packet::eth(0x0800, &[]);
+    q.extend(packet::ipv4(
+        CLIENT4,
+        VIP4,
+        proto::TCP,
+        &opts,
+        0,
+        &packet::tcp(1, 81, flags::SYN),
+    ));
+    f.expect("SYN with options to a non-VIP port", &q, XDP_PASS, |c| {
+        c.syn_not_vip
+    });
+}
+
+#[test]
+fn a_syn_truncated_at_every_header_boundary_passes_as_malformed() {
+    if !have_root("a_syn_truncated_at_every_header_boundary_passes_as_malformed") {
+        return;
+    }
+    let mut f = Fixture::new(CONFIG);
+    let v4 = packet::v4_tcp(CLIENT4, VIP4, 80, flags::SYN);
+    // BPF_PROG_TEST_RUN needs at least an Ethernet header (14 bytes).
+    // 14: Ethernet only; 20: inside IPv4; 33: IPv4 minus one; 34: IPv4 only;
+    // 40: inside TCP; 53: TCP minus one.
+    for len in [14, 20, 33, 34, 40, 53] {
+        f.expect(
+            &format!("IPv4 SYN cut at {len}"),
+            &v4[..len],
+            XDP_PASS,
+            |c| c.malformed,
+        );
+    }
+    let v6 = packet::v6_tcp(CLIENT6, VIP6, &[(proto::HOPOPTS, 0)], 443, flags::SYN);
+    // 30: inside IPv6; 54: IPv6 only; 58: inside the extension header;
+    // 62: extension header only; 70: inside TCP; 81: TCP minus one.
+    for len in [30, 54, 58, 62, 70, 81] {
+        f.expect(
+            &format!("IPv6 SYN cut at {len}"),
+            &v6[..len],
+            XDP_PASS,
+            |c| c.malformed,
+        );
+    }
+    let mut vlan = packet::eth(0x0800, &[packet::TPID_8021Q]);
+    vlan.extend(packet::ipv4(
+        CLIENT4,
+        VIP4,
+        proto::TCP,
+        &[],
+        0,
+        &packet::tcp(1, 80, flags::SYN),
+    ));
+    // 16: inside the tag.
+    f.expect("VLAN SYN cut inside the tag", &vlan[..16], XDP_PASS, |c| {
+        c.malformed
+    });
+    // IHL below 5 makes no sense.
+    let mut bad = v4.clone();
+    bad[14] = 0x44;
+    f.expect("IPv4 with IHL 4", &bad, XDP_PASS, |c| c.malformed);
+    // The whole packet still works afterwards.
+    f.expect("whole IPv4 SYN", &v4, XDP_PASS, admitted);
+}

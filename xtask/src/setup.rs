@@ -1,0 +1,125 @@
+//! `cargo xtask setup`: installs what a fresh machine lacks, skipping what is
+//! there, so a second run takes seconds. Each step says what it checks; a
+//! failure names the step and the command.
+//!
+//! What is needed and why (see shared/toolchain.md):
+//! - apt: `llvm-22-dev`, `libpolly-22-dev` (bpf-linker links LLVM 22, the LLVM
+//!   of the nightly toolchain), `bpftool` (map dumps, prog runs), `hping3`
+//!   (SYN floods), `iproute2` (namespaces), `nftables` (counting SYNs that
+//!   reach the stack, and the benchmark's peers), `curl`;
+//! - `rust-src` for the nightly toolchain (`-Z build-std=core`);
+//! - `bpf-linker`, built with LLVM 22.
+
+use std::process::{Command, Stdio};
+
+use anyhow::{bail, Context as _, Result};
+
+/// Debian packages and a file each one installs (checked instead of asking
+/// dpkg, which is slower).
+const APT: &[(&str, &str)] = &[
+    ("llvm-22-dev", "/usr/lib/llvm-22/bin/llvm-config"),
+    ("libpolly-22-dev", "/usr/lib/llvm-22/lib/libPolly.a"),
+    ("bpftool", "/usr/sbin/bpftool"),
+    ("hping3", "/usr/sbin/hping3"),
+    ("iproute2", "/usr/sbin/ip"),
+    ("nftables", "/usr/sbin/nft"),
+    ("curl", "/usr/bin/curl"),
+    ("util-linux", "/usr/bin/nsenter"),
+];
+
+fn quiet(cmd: &mut Command) -> Result<bool> {
+    Ok(cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .with_context(|| format!("starting {cmd:?}"))?
+        .success())
+}
+
+fn step(name: &str, cmd: &mut Command) -> Result<()> {
+    eprintln!("xtask setup: {name}");
+    let status = cmd
+        .status()
+        .with_context(|| format!("step `{name}`: cannot start {cmd:?}"))?;
+    if !status.success() {
+        bail!("step `{name}` failed: {cmd:?} exited with {status}");
+    }
+    Ok(())
+}
+
+fn apt() -> Result<()> {
+    let missing: Vec<&str> = APT
+        .iter()
+        .filter(|(_, file)| !std::path::Path::new(file).exists())
+        .map(|(pkg, _)| *pkg)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    step(
+        "apt-get update",
+        Command::new("apt-get").args(["update", "-q"]),
+    )?;
+    step(
+        &format!("apt-get install {}", missing.join(" ")),
+        Command::new("apt-get")
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .args(["install", "-y", "-q"])
+            .args(&missing),
+    )
+}
+
+fn rust_src() -> Result<()> {
+    let out = Command::new("rustup")
+        .args(["component", "list", "--toolchain", "nightly", "--installed"])
+        .output()
+        .context("step `rustup component list`: cannot run rustup")?;
+    if !out.status.success() {
+        bail!(
+            "step `nightly toolchain`: rustup has no `nightly` toolchain ({}); \
+             the eBPF crate needs it",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    if String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .any(|l| l.starts_with("rust-src"))
+    {
+        return Ok(());
+    }
+    step(
+        "rustup component add rust-src --toolchain nightly",
+        Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]),
+    )
+}
+
+fn bpf_linker() -> Result<()> {
+    if quiet(Command::new("bpf-linker").arg("--version")).unwrap_or(false) {
+        return Ok(());
+    }
+    let path = format!(
+        "/usr/lib/llvm-22/bin:{}",
+        std::env::var("PATH").unwrap_or_default()
+    );
+    step(
+        "cargo install bpf-linker (LLVM 22)",
+        Command::new("cargo")
+            .env("PATH", path)
+            .env_remove("RUSTUP_TOOLCHAIN")
+            .env_remove("CARGO_TARGET_DIR")
+            .args([
+                "install",
+                "bpf-linker",
+                "--no-default-features",
+                "--features",
+                "llvm-22",
+            ]),
+    )
+}
+
+/// Runs every step.
+pub fn setup() -> Result<()> {
+    apt()?;
+    rust_src()?;
+    bpf_linker()
+}
