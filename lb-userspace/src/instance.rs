@@ -1,7 +1,7 @@
 //! One running `lb` per instance name: its lock, its pin directory on bpffs,
 //! and the janitor that removes the pins if `lb` dies without cleaning up.
 //!
-//! The lock is an `flock` on `/run/lb/<instance>.lock`, which the kernel
+//! The lock is an `flock` on `/run/lb/<instance>.lock` (for root), which the kernel
 //! releases when the process dies however it dies, so a stale lock file never
 //! blocks a restart. The janitor is a child process (`lb __janitor`) holding
 //! the read end of a pipe whose write end only `lb` holds: when `lb` exits, even
@@ -19,8 +19,6 @@ use std::{
 
 /// Where bpffs is mounted.
 pub const BPFFS: &str = "/sys/fs/bpf";
-/// Directory of the lock files.
-pub const RUN_DIR: &str = "/run/lb";
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 
 /// Errors of instance management.
@@ -63,8 +61,19 @@ pub fn pin_dir(instance: &str) -> PathBuf {
     Path::new(BPFFS).join("lb").join(instance)
 }
 
+/// Directory of the lock files: `/run/lb` for root, else a per-user
+/// directory under the temp dir (an unprivileged `lb` runs without XDP but
+/// still one per instance name).
+fn run_dir() -> PathBuf {
+    // SAFETY: geteuid has no preconditions.
+    match unsafe { libc::geteuid() } {
+        0 => PathBuf::from("/run/lb"),
+        uid => std::env::temp_dir().join(format!("lb-{uid}")),
+    }
+}
+
 fn lock_path(instance: &str) -> PathBuf {
-    Path::new(RUN_DIR).join(format!("{instance}.lock"))
+    run_dir().join(format!("{instance}.lock"))
 }
 
 /// The held lock of an instance; released on drop or process death.
@@ -78,7 +87,8 @@ fn try_flock(file: &File) -> bool {
 }
 
 fn open_lock(instance: &str) -> Result<File, InstanceError> {
-    fs::create_dir_all(RUN_DIR).map_err(io("creating", Path::new(RUN_DIR)))?;
+    let dir = run_dir();
+    fs::create_dir_all(&dir).map_err(io("creating", &dir))?;
     let path = lock_path(instance);
     OpenOptions::new()
         .read(true)
