@@ -101,7 +101,7 @@ pub fn lb_xdp_empty(_ctx: XdpContext) -> u32 {
 #[inline(always)]
 fn on_syn(syn: &Syn, counters: &mut PacketCounters) -> u32 {
     // SAFETY: the value is copied out at once; userspace may rewrite it.
-    let Some(vip) = (unsafe { VIPS.get(&syn.vip) }).copied() else {
+    let Some(vip) = (unsafe { VIPS.get(syn.vip) }).copied() else {
         counters.syn_not_vip += 1;
         return XDP_PASS;
     };
@@ -206,7 +206,7 @@ fn source_admits(syn: &Syn, now: u64) -> bool {
     let fresh = SourceBucket {
         tat_ns: now + interval,
     };
-    let _ = SOURCES.insert(key, &fresh, 0);
+    let _ = SOURCES.insert(key, fresh, 0);
     true
 }
 

@@ -157,7 +157,12 @@ fn is_bpffs(dir: &Path) -> bool {
     let mut st: libc::statfs = unsafe { std::mem::zeroed() };
     // SAFETY: valid path and out pointer.
     let rc = unsafe { libc::statfs(c.as_ptr(), &raw mut st) };
-    rc == 0 && i64::from(st.f_type) == BPF_FS_MAGIC
+    #[expect(
+        clippy::useless_conversion,
+        reason = "statfs.f_type's width differs by architecture"
+    )]
+    let f_type = i64::from(st.f_type);
+    rc == 0 && f_type == BPF_FS_MAGIC
 }
 
 /// Creates an empty pin directory, removing stale pins a dead run left.

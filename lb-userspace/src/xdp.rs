@@ -80,11 +80,7 @@ pub struct Plan {
 
 /// Nanoseconds per token for a rate per second, rounded to nearest.
 fn interval_ns(rate: u64) -> u64 {
-    if rate == 0 {
-        0
-    } else {
-        (1_000_000_000 + rate / 2) / rate
-    }
+    (1_000_000_000 + rate / 2).checked_div(rate).unwrap_or(0)
 }
 
 /// A VIP-level bucket for `rate` SYNs per second; 0 disables it. The burst is

@@ -122,6 +122,8 @@ fn lint(obj: &Path) -> Result<()> {
     run(cargo_with(obj).args([
         "clippy",
         "--workspace",
+        "--exclude",
+        "lb-ebpf",
         "--all-targets",
         "--",
         "-D",
