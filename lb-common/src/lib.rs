@@ -167,11 +167,12 @@ const _: () = assert!(core::mem::size_of::<RateBucket>() == 32);
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct BucketCache {
     /// Tokens this CPU may still spend without touching the shared bucket.
-    pub tokens: u32,
-    /// The bucket generation the tokens were taken under.
-    pub generation: u32,
+    pub tokens: u64,
+    /// The bucket generation the tokens were taken under (u64 so both fields
+    /// are 8-byte atomics).
+    pub generation: u64,
 }
-const _: () = assert!(core::mem::size_of::<BucketCache>() == 8);
+const _: () = assert!(core::mem::size_of::<BucketCache>() == 16);
 
 /// Key of the `sources` map: a client address (IPv4 /32 or IPv6 /64).
 #[repr(C)]

@@ -52,33 +52,39 @@ unsafe fn take(tat: *mut u64, interval: u64, tau: u64, want: u64, now: u64) -> u
 /// `buckets` array, `cache` into this CPU's slot of `bucket_cache`.
 #[inline(always)]
 pub unsafe fn admit(bucket: *mut RateBucket, cache: *mut BucketCache, now: u64) -> bool {
-    let b = unsafe { &*bucket };
-    let c = unsafe { &mut *cache };
-    if b.interval_ns == 0 {
-        return true;
-    }
-    if c.generation != b.generation {
-        c.tokens = 0;
-        c.generation = b.generation;
-    }
-    if c.tokens > 0 {
-        c.tokens -= 1;
-        return true;
-    }
-    let got = unsafe {
-        take(
-            &raw mut (*bucket).tat_ns,
-            b.interval_ns,
-            b.tau_ns,
-            u64::from(b.batch.max(1)),
-            now,
-        )
+    let (interval, tau, batch, generation) = unsafe {
+        let b = &*bucket;
+        (b.interval_ns, b.tau_ns, b.batch, u64::from(b.generation))
     };
+    if interval == 0 {
+        return true;
+    }
+    let tokens = unsafe { &raw mut (*cache).tokens };
+    let cached_gen = unsafe { &raw mut (*cache).generation };
+    // New limits: tokens taken under the old ones are void.
+    if unsafe { atomic::load(cached_gen) } != generation {
+        unsafe {
+            core::ptr::write_volatile(tokens, 0);
+            core::ptr::write_volatile(cached_gen, generation);
+        }
+    }
+    for _ in 0..CAS_TRIES {
+        let t = unsafe { atomic::load(tokens) };
+        if t == 0 {
+            break;
+        }
+        if unsafe { atomic::compare_exchange(tokens, t, t - 1) } {
+            return true;
+        }
+    }
+    let want = u64::from(if batch == 0 { 1 } else { batch });
+    let got = unsafe { take(&raw mut (*bucket).tat_ns, interval, tau, want, now) };
     if got == 0 {
         return false;
     }
-    // `got` <= batch, a u32.
-    c.tokens = (got - 1) as u32;
+    if got > 1 {
+        unsafe { atomic::add(tokens, got - 1) };
+    }
     true
 }
 
@@ -88,9 +94,12 @@ pub unsafe fn admit(bucket: *mut RateBucket, cache: *mut BucketCache, now: u64) 
 /// As for [`admit`].
 #[inline(always)]
 pub unsafe fn refund(bucket: *mut RateBucket, cache: *mut BucketCache) {
-    let (b, c) = unsafe { (&*bucket, &mut *cache) };
-    if b.interval_ns != 0 && c.generation == b.generation {
-        c.tokens += 1;
+    unsafe {
+        if (*bucket).interval_ns != 0
+            && atomic::load(&raw const (*cache).generation) == u64::from((*bucket).generation)
+        {
+            atomic::add(&raw mut (*cache).tokens, 1);
+        }
     }
 }
 

@@ -78,17 +78,24 @@ pub fn lb_xdp(ctx: XdpContext) -> u32 {
     let Some(counters) = COUNTERS.get_ptr_mut(0) else {
         return XDP_PASS;
     };
-    // SAFETY: a per-CPU slot; nothing else writes it while we run on this CPU.
+    // SAFETY: a live map value; fields are only changed with atomics.
     let counters = unsafe { &mut *counters };
     match parse::parse(&ctx) {
-        Parsed::NotIp => counters.not_ip += 1,
-        Parsed::Malformed => counters.malformed += 1,
-        Parsed::Fragment => counters.fragment += 1,
-        Parsed::NotTcp => counters.not_tcp += 1,
-        Parsed::TcpNotSyn => counters.tcp_not_syn += 1,
+        Parsed::NotIp => count(&raw mut counters.not_ip),
+        Parsed::Malformed => count(&raw mut counters.malformed),
+        Parsed::Fragment => count(&raw mut counters.fragment),
+        Parsed::NotTcp => count(&raw mut counters.not_tcp),
+        Parsed::TcpNotSyn => count(&raw mut counters.tcp_not_syn),
         Parsed::Syn(syn) => return on_syn(&syn, counters),
     }
     XDP_PASS
+}
+
+/// Adds one to a counter in a map value (atomically: see `atomic`).
+#[inline(always)]
+fn count(p: *mut u64) {
+    // SAFETY: every caller passes a field of a map value it just looked up.
+    unsafe { atomic::inc(p) }
 }
 
 /// The baseline for benchmarks: passes everything, touches nothing.
@@ -102,23 +109,23 @@ pub fn lb_xdp_empty(_ctx: XdpContext) -> u32 {
 fn on_syn(syn: &Syn, counters: &mut PacketCounters) -> u32 {
     // SAFETY: the value is copied out at once; userspace may rewrite it.
     let Some(vip) = (unsafe { VIPS.get(syn.vip) }).copied() else {
-        counters.syn_not_vip += 1;
+        count(&raw mut counters.syn_not_vip);
         return XDP_PASS;
     };
     let Some(stats) = VIP_STATS.get_ptr_mut(vip.vip_index) else {
-        counters.syn_not_vip += 1;
+        count(&raw mut counters.syn_not_vip);
         return XDP_PASS;
     };
-    // SAFETY: a per-CPU slot.
+    // SAFETY: a live map value; fields are only changed with atomics.
     let stats = unsafe { &mut *stats };
     // SAFETY: bpf_ktime_get_ns has no preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
     if admit(syn, &vip, stats, now) {
-        stats.admitted += 1;
-        counters.syn_admitted += 1;
+        count(&raw mut stats.admitted);
+        count(&raw mut counters.syn_admitted);
         XDP_PASS
     } else {
-        counters.syn_dropped += 1;
+        count(&raw mut counters.syn_dropped);
         XDP_DROP
     }
 }
@@ -159,25 +166,25 @@ fn level_refund(l: Level) {
 #[inline(always)]
 fn admit(syn: &Syn, vip: &VipValue, stats: &mut VipCounters, now: u64) -> bool {
     if !source_admits(syn, now) {
-        stats.drop_source += 1;
+        count(&raw mut stats.drop_source);
         return false;
     }
     let global = level(lb_common::bucket::GLOBAL);
     if !level_admits(global, now) {
-        stats.drop_global += 1;
+        count(&raw mut stats.drop_global);
         return false;
     }
     let frontend = level(vip.frontend_bucket);
     if !level_admits(frontend, now) {
         level_refund(global);
-        stats.drop_frontend += 1;
+        count(&raw mut stats.drop_frontend);
         return false;
     }
     let pool = level(vip.pool_bucket);
     if !level_admits(pool, now) {
         level_refund(global);
         level_refund(frontend);
-        stats.drop_pool += 1;
+        count(&raw mut stats.drop_pool);
         return false;
     }
     true

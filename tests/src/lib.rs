@@ -8,6 +8,11 @@ pub mod lb;
 pub mod netns;
 pub mod packet;
 
+use std::{
+    net::SocketAddr,
+    time::{Duration, Instant},
+};
+
 /// Whether this process is root. A test that needs root and is not run as
 /// root prints why it skips; under `CI=true` it fails instead, since CI runs
 /// as root and a skipped kernel test there would hide a broken one.
@@ -49,4 +54,57 @@ pub fn unique_tag() -> String {
         std::process::id() % 100_000,
         NEXT.fetch_add(1, Ordering::Relaxed)
     )
+}
+
+/// Connects from the local address `src` to `dst` (IPv4) with a 3 s timeout
+/// and closes again; returns how long the connect took. (TCP retries a
+/// dropped SYN after 1 s, so a dropped SYN shows as a slow connect.)
+///
+/// # Errors
+/// The connect failed or timed out.
+pub fn connect_from(src: &str, dst: SocketAddr) -> Result<Duration, String> {
+    let start = Instant::now();
+    // Bind the source address: std has no bind-before-connect, so use libc.
+    // SAFETY: plain socket calls on a fresh fd, closed on every path.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error().to_string());
+        }
+        let sa = |ip: std::net::Ipv4Addr, port: u16| libc::sockaddr_in {
+            sin_family: libc::AF_INET as libc::sa_family_t,
+            sin_port: port.to_be(),
+            sin_addr: libc::in_addr {
+                s_addr: u32::from_ne_bytes(ip.octets()),
+            },
+            sin_zero: [0; 8],
+        };
+        let local = sa(src.parse().map_err(|e| format!("{e}"))?, 0);
+        let SocketAddr::V4(d) = dst else {
+            libc::close(fd);
+            return Err("v4 only".into());
+        };
+        let remote = sa(*d.ip(), d.port());
+        let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        let tv = libc::timeval {
+            tv_sec: 3,
+            tv_usec: 0,
+        };
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_SNDTIMEO,
+            (&raw const tv).cast(),
+            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+        );
+        let r = if libc::bind(fd, (&raw const local).cast(), len) != 0
+            || libc::connect(fd, (&raw const remote).cast(), len) != 0
+        {
+            Err(std::io::Error::last_os_error().to_string())
+        } else {
+            Ok(start.elapsed())
+        };
+        libc::close(fd);
+        r
+    }
 }

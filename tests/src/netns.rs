@@ -48,11 +48,7 @@ impl Netns {
     /// A command that will run inside the namespace.
     #[must_use]
     pub fn cmd(&self, program: &str) -> Command {
-        let mut c = Command::new("nsenter");
-        c.arg(format!("--net=/run/netns/{}", self.name))
-            .arg("--")
-            .arg(program);
-        c
+        cmd_in(&self.name, program)
     }
 
     /// Runs `argv` inside the namespace; fails on a non-zero exit.
@@ -86,6 +82,17 @@ impl Drop for Netns {
             .args(["netns", "del", &self.name])
             .output();
     }
+}
+
+/// A command that will run inside the namespace called `name` (for threads
+/// that cannot borrow the [`Netns`] guard).
+#[must_use]
+pub fn cmd_in(name: &str, program: &str) -> Command {
+    let mut c = Command::new("nsenter");
+    c.arg(format!("--net=/run/netns/{name}"))
+        .arg("--")
+        .arg(program);
+    c
 }
 
 /// Links `a` and `b` with a veth pair: `a_if` in `a`, `b_if` in `b`, both up,

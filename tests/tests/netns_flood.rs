@@ -18,7 +18,7 @@ use std::{
 };
 
 use lb_tests::{
-    have_root, have_tool,
+    connect_from, have_root, have_tool,
     lb::{lb_cmd, Lb},
     netns::{veth, Netns},
     unique_tag,
@@ -383,7 +383,7 @@ fn a_second_client_connects_while_one_source_floods() {
         let vip: SocketAddr = format!("{VIP}:{PORT}").parse().expect("vip");
         (0..20)
             .map(|_| {
-                let sock = socket2_connect(CLIENT, vip);
+                let sock = connect_from(CLIENT, vip);
                 std::thread::sleep(Duration::from_millis(100));
                 sock
             })
@@ -401,7 +401,11 @@ fn a_second_client_connects_while_one_source_floods() {
         "connections from {CLIENT} failed during the flood: {failed:?}"
     );
     assert!(accepted >= 20, "server accepted {accepted}");
-    assert!(flood_status.is_ok_and(|s| s.success()), "hping3 flood ran");
+    // hping3: 0, or 1 when no reply came back; timeout(1) would say 124.
+    assert!(
+        flood_status.is_ok_and(|s| matches!(s.code(), Some(0 | 1))),
+        "hping3 flood ran to its count"
+    );
     let v = vip_stats(&instance);
     let by_source = v["drop_source"].as_u64().unwrap_or(0);
     assert!(
@@ -414,53 +418,4 @@ fn a_second_client_connects_while_one_source_floods() {
         "the VIP's budget was not used up: {v}"
     );
     assert_eq!(lb.stop(libc::SIGTERM).expect("exit"), Some(0));
-}
-
-/// Connects from `src` to `dst` with a 3 s timeout (TCP's SYN retry after a
-/// drop is 1 s, so a dropped SYN would still show as a slow connect).
-fn socket2_connect(src: &str, dst: SocketAddr) -> Result<Duration, String> {
-    let start = Instant::now();
-    // Bind the source address: std has no bind-before-connect, so use libc.
-    // SAFETY: plain socket calls on a fresh fd, closed on every path.
-    unsafe {
-        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
-        if fd < 0 {
-            return Err(std::io::Error::last_os_error().to_string());
-        }
-        let sa = |ip: std::net::Ipv4Addr, port: u16| libc::sockaddr_in {
-            sin_family: libc::AF_INET as libc::sa_family_t,
-            sin_port: port.to_be(),
-            sin_addr: libc::in_addr {
-                s_addr: u32::from_ne_bytes(ip.octets()),
-            },
-            sin_zero: [0; 8],
-        };
-        let local = sa(src.parse().map_err(|e| format!("{e}"))?, 0);
-        let SocketAddr::V4(d) = dst else {
-            libc::close(fd);
-            return Err("v4 only".into());
-        };
-        let remote = sa(*d.ip(), d.port());
-        let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
-        let tv = libc::timeval {
-            tv_sec: 3,
-            tv_usec: 0,
-        };
-        libc::setsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_SNDTIMEO,
-            (&raw const tv).cast(),
-            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
-        );
-        let r = if libc::bind(fd, (&raw const local).cast(), len) != 0
-            || libc::connect(fd, (&raw const remote).cast(), len) != 0
-        {
-            Err(std::io::Error::last_os_error().to_string())
-        } else {
-            Ok(start.elapsed())
-        };
-        libc::close(fd);
-        r
-    }
 }
