@@ -1,9 +1,9 @@
 //! The atomic operations the data plane needs on map values.
 //!
-//! Per-CPU values need them too: the program can be entered again on the
+//! Per-CPU counters need them too: the program can be entered again on the
 //! same CPU before a read-modify-write finishes (seen here as a per-CPU
-//! counter that went down), so counters use `add` and the token caches
-//! `compare_exchange`.
+//! counter that went down), so counters use `add`. (The per-CPU token caches
+//! do not; see `limit::admit`.)
 //!
 //! `core::sync::atomic` has no read-modify-write operations on
 //! `bpfel-unknown-none` (its target spec says `atomic-cas: false`), but the

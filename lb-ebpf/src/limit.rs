@@ -7,6 +7,8 @@
 //! the SYNs land, with at most `batch - 1` tokens per CPU in flight.
 //! Sources are tracked one GCRA each in an LRU map.
 
+use core::ptr::{read_volatile, write_volatile};
+
 use lb_common::{BucketCache, RateBucket, SourceBucket};
 
 use crate::atomic;
@@ -29,15 +31,21 @@ unsafe fn take(tat: *mut u64, interval: u64, tau: u64, want: u64, now: u64) -> u
         if base >= limit {
             return 0;
         }
-        // checked: a zero interval must not become a panic path, which the
-        // verifier refuses.
-        let Some(avail) = (limit - base).checked_div(interval) else {
-            return 0;
-        };
-        let n = if avail < want { avail } else { want };
-        if n == 0 {
+        let room = limit - base;
+        if room < interval {
             return 0;
         }
+        // One token fits. Divide (tens of cycles) only when more are wanted
+        // and more might fit: never on the per-source path, once per batch
+        // on a VIP level.
+        let n = if want == 1 || room < 2 * interval {
+            1
+        } else {
+            match room.checked_div(interval) {
+                Some(avail) if avail < want => avail,
+                _ => want,
+            }
+        };
         if unsafe { atomic::compare_exchange(tat, old, base + n * interval) } {
             return n;
         }
@@ -59,21 +67,23 @@ pub unsafe fn admit(bucket: *mut RateBucket, cache: *mut BucketCache, now: u64) 
     if interval == 0 {
         return true;
     }
+    // The cache is this CPU's alone, so it uses plain loads and stores, not
+    // locked instructions (they were a fifth of the SYN path's cost). The
+    // program can be re-entered on one CPU mid-update; then a cached token
+    // may be spent twice or a batch lost, an error bounded by the batch size.
+    // What must never happen, a decrement wrapping to 2^64 - 1 and admitting
+    // everything, cannot: `t - 1` is only stored after reading `t > 0`.
     let tokens = unsafe { &raw mut (*cache).tokens };
     let cached_gen = unsafe { &raw mut (*cache).generation };
-    // New limits: tokens taken under the old ones are void.
-    if unsafe { atomic::load(cached_gen) } != generation {
-        unsafe {
-            core::ptr::write_volatile(tokens, 0);
-            core::ptr::write_volatile(cached_gen, generation);
+    unsafe {
+        // New limits: tokens taken under the old ones are void.
+        if read_volatile(cached_gen) != generation {
+            write_volatile(tokens, 0);
+            write_volatile(cached_gen, generation);
         }
-    }
-    for _ in 0..CAS_TRIES {
-        let t = unsafe { atomic::load(tokens) };
-        if t == 0 {
-            break;
-        }
-        if unsafe { atomic::compare_exchange(tokens, t, t - 1) } {
+        let t = read_volatile(tokens);
+        if t > 0 {
+            write_volatile(tokens, t - 1);
             return true;
         }
     }
@@ -82,9 +92,8 @@ pub unsafe fn admit(bucket: *mut RateBucket, cache: *mut BucketCache, now: u64) 
     if got == 0 {
         return false;
     }
-    if got > 1 {
-        unsafe { atomic::add(tokens, got - 1) };
-    }
+    // The cache was empty; keep the rest of the batch.
+    unsafe { write_volatile(tokens, got - 1) };
     true
 }
 
@@ -96,9 +105,10 @@ pub unsafe fn admit(bucket: *mut RateBucket, cache: *mut BucketCache, now: u64) 
 pub unsafe fn refund(bucket: *mut RateBucket, cache: *mut BucketCache) {
     unsafe {
         if (*bucket).interval_ns != 0
-            && atomic::load(&raw const (*cache).generation) == u64::from((*bucket).generation)
+            && read_volatile(&raw const (*cache).generation) == u64::from((*bucket).generation)
         {
-            atomic::add(&raw mut (*cache).tokens, 1);
+            let tokens = &raw mut (*cache).tokens;
+            write_volatile(tokens, read_volatile(tokens) + 1);
         }
     }
 }

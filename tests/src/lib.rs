@@ -4,6 +4,7 @@
 //! Everything that creates kernel state (a namespace, a veth, a process) is an
 //! RAII guard that removes it on drop, also when a test fails.
 
+pub mod harness;
 pub mod lb;
 pub mod netns;
 pub mod packet;

@@ -4,20 +4,12 @@
 //!
 //! Needs root (loads BPF). Every fixture runs against the real embedded object.
 
-use std::path::{Path, PathBuf};
-
-use aya::programs::{TestRun as _, TestRunOptions};
-use lb::{
-    config::Config,
-    instance,
-    stats::Stats,
-    xdp::{DataPlane, Plan},
-};
-use lb_common::{programs, PacketCounters, VipCounters};
+use lb::stats::Stats;
+use lb_common::{PacketCounters, VipCounters};
 use lb_tests::{
+    harness::{pin_to_cpu, XdpHarness},
     have_root,
     packet::{self, flags, proto},
-    unique_tag,
 };
 
 const XDP_DROP: u32 = 1;
@@ -63,47 +55,24 @@ maxConnRate = 0
 maxConnRate = 1
 "#;
 
-/// A loaded program with its maps pinned in a scratch directory.
-struct Fixture {
-    plane: DataPlane,
-    pins: PathBuf,
-}
+/// The harness plus fixture assertions.
+struct Fixture(XdpHarness);
 
 impl Fixture {
     fn new(config: &str) -> Self {
-        pin_to_cpu0();
-        let cfg = Config::parse(config, Path::new("fixture.toml")).expect("fixture config");
-        instance::ensure_bpffs().expect("bpffs");
-        let mut plane = DataPlane::load().expect("load the XDP object");
-        plane
-            .write(&Plan::from_config(&cfg, 1))
-            .expect("write maps");
-        let pins = instance::pin_dir(&format!("fixture-{}", unique_tag()));
-        std::fs::create_dir_all(&pins).expect("pin dir");
-        plane.pin(&pins).expect("pin maps");
-        Self { plane, pins }
+        pin_to_cpu(0).expect("pin to CPU 0");
+        Self(XdpHarness::new(config).expect("load and configure the XDP program"))
     }
 
     fn stats(&self) -> Stats {
-        Stats::read_dir(&self.pins).expect("read counters")
-    }
-
-    fn run(&mut self, pkt: &[u8]) -> u32 {
-        let prog = self.plane.program(programs::XDP_LB).expect("program");
-        let mut out = vec![0u8; pkt.len() + 256];
-        let opts = TestRunOptions {
-            data_in: Some(pkt),
-            data_out: Some(&mut out),
-            ..TestRunOptions::default()
-        };
-        prog.test_run(opts).expect("BPF_PROG_TEST_RUN").return_value
+        self.0.stats().expect("read counters")
     }
 
     /// Runs `pkt`, asserts its verdict, and asserts that exactly one packet
     /// counter moved, by one: the one `field` picks.
     fn expect(&mut self, what: &str, pkt: &[u8], verdict: u32, field: fn(&PacketCounters) -> u64) {
         let before = self.stats().total();
-        let got = self.run(pkt);
+        let got = self.0.run(pkt).expect("run");
         let after = self.stats().total();
         assert_eq!(got, verdict, "{what}: verdict");
         assert_eq!(field(&after) - field(&before), 1, "{what}: its counter");
@@ -126,27 +95,6 @@ impl Fixture {
                 drop_frontend: a.drop_frontend + c.drop_frontend,
                 drop_pool: a.drop_pool + c.drop_pool,
             })
-    }
-}
-
-impl Drop for Fixture {
-    fn drop(&mut self) {
-        let _ = instance::remove_pins(&self.pins);
-    }
-}
-
-/// Keeps this thread on CPU 0: test runs execute on the calling CPU, and the
-/// buckets' per-CPU token caches must be the same one from run to run.
-fn pin_to_cpu0() {
-    // SAFETY: a zeroed cpu_set_t is valid; CPU_SET writes within it.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(0, &mut set);
-        assert_eq!(
-            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set),
-            0,
-            "pin to CPU 0"
-        );
     }
 }
 

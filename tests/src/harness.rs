@@ -1,0 +1,109 @@
+//! The XDP program loaded from the real embedded object, configured from a
+//! config text, its maps pinned in a scratch directory, and run on packets
+//! through BPF_PROG_TEST_RUN. Used by the fixture tests and the benchmark.
+
+use std::{
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use anyhow::{Context as _, Result};
+use aya::programs::{TestRun as _, TestRunOptions};
+use lb::{
+    config::Config,
+    instance,
+    stats::Stats,
+    xdp::{DataPlane, Plan},
+};
+use lb_common::programs;
+
+use crate::unique_tag;
+
+/// A loaded data plane whose pins are removed on drop.
+pub struct XdpHarness {
+    plane: DataPlane,
+    pins: PathBuf,
+}
+
+impl XdpHarness {
+    /// Loads the object and writes the maps for `config` (a config file's
+    /// text; `[xdp] mode = "off"` keeps it from checking interfaces).
+    ///
+    /// # Errors
+    /// The config is invalid, or the kernel refused the object.
+    pub fn new(config: &str) -> Result<Self> {
+        let cfg = Config::parse(config, Path::new("harness.toml"))?;
+        instance::ensure_bpffs()?;
+        let mut plane = DataPlane::load().context("load the XDP object")?;
+        plane.write(&Plan::from_config(&cfg, 1))?;
+        let pins = instance::pin_dir(&format!("harness-{}", unique_tag()));
+        std::fs::create_dir_all(&pins)?;
+        let h = Self { plane, pins };
+        h.plane.pin(&h.pins)?;
+        Ok(h)
+    }
+
+    /// The counters, read from the pins as `lb stats` reads them.
+    ///
+    /// # Errors
+    /// A pinned map could not be read.
+    pub fn stats(&self) -> Result<Stats> {
+        Ok(Stats::read_dir(&self.pins)?)
+    }
+
+    /// Runs `program` on `pkt` `repeat` times; returns the last verdict and
+    /// the kernel's mean time per run.
+    ///
+    /// # Errors
+    /// The program could not be loaded or run.
+    pub fn run_program(
+        &mut self,
+        program: &'static str,
+        pkt: &[u8],
+        repeat: u32,
+    ) -> Result<(u32, Duration)> {
+        let prog = self.plane.program(program)?;
+        let opts = TestRunOptions {
+            data_in: Some(pkt),
+            repeat,
+            ..TestRunOptions::default()
+        };
+        let r = prog.test_run(opts).context("BPF_PROG_TEST_RUN")?;
+        Ok((r.return_value, r.duration))
+    }
+
+    /// Runs the SYN limiter once on `pkt`; returns its verdict.
+    ///
+    /// # Errors
+    /// As for [`Self::run_program`].
+    pub fn run(&mut self, pkt: &[u8]) -> Result<u32> {
+        Ok(self.run_program(programs::XDP_LB, pkt, 1)?.0)
+    }
+}
+
+impl Drop for XdpHarness {
+    fn drop(&mut self) {
+        let _ = instance::remove_pins(&self.pins);
+    }
+}
+
+/// Keeps the calling thread on one CPU: test runs execute on the calling
+/// CPU, and the buckets' per-CPU token caches must be the same from run to
+/// run.
+///
+/// # Errors
+/// `sched_setaffinity` failed.
+pub fn pin_to_cpu(cpu: usize) -> Result<()> {
+    // SAFETY: a zeroed cpu_set_t is valid; CPU_SET writes within it.
+    let rc = unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &raw const set)
+    };
+    anyhow::ensure!(
+        rc == 0,
+        "sched_setaffinity: {}",
+        std::io::Error::last_os_error()
+    );
+    Ok(())
+}
