@@ -76,6 +76,13 @@ fn start_xdp(cfg: &Config) -> Result<Started> {
 pub fn run(cfg: &Config) -> Result<()> {
     let name = &cfg.global.instance;
     let _lock = instance::lock(name)?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    // Handlers before anything is attached or "ready" is said: a SIGTERM from
+    // then on always takes the cleanup path below.
+    let signals = rt.block_on(async { Signals::install() })?;
     let started = if cfg.xdp.mode == XdpMode::Off {
         warn!("[xdp] mode = \"off\": no XDP program attached; SYN limits are not enforced in the kernel");
         None
@@ -99,11 +106,7 @@ pub fn run(cfg: &Config) -> Result<()> {
     } else {
         info!(instance = %name, "ready (no XDP)");
     }
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the runtime")?;
-    rt.block_on(wait_for_signal())?;
+    rt.block_on(signals.wait());
     if let Some(s) = started {
         let dir = s.pin_dir.clone();
         drop(s.plane);
@@ -113,13 +116,27 @@ pub fn run(cfg: &Config) -> Result<()> {
     Ok(())
 }
 
-async fn wait_for_signal() -> Result<()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
-    let mut int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
-    tokio::select! {
-        _ = term.recv() => info!("SIGTERM: shutting down"),
-        _ = int.recv() => info!("SIGINT: shutting down"),
+/// SIGTERM and SIGINT, caught.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    /// Installs the handlers (inside the runtime).
+    fn install() -> Result<Self> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Self {
+            term: signal(SignalKind::terminate()).context("installing SIGTERM handler")?,
+            int: signal(SignalKind::interrupt()).context("installing SIGINT handler")?,
+        })
     }
-    Ok(())
+
+    /// Waits for either.
+    async fn wait(mut self) {
+        tokio::select! {
+            _ = self.term.recv() => info!("SIGTERM: shutting down"),
+            _ = self.int.recv() => info!("SIGINT: shutting down"),
+        }
+    }
 }

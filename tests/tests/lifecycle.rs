@@ -244,7 +244,7 @@ fn mode_off_and_no_privileges_run_with_nothing_attached_and_say_so() {
         std::os::unix::fs::PermissionsExt::from_mode(0o755),
     )
     .expect("chmod");
-    let child = t
+    let mut child = t
         .lbns
         .cmd("setpriv")
         .args([
@@ -259,10 +259,25 @@ fn mode_off_and_no_privileges_run_with_nothing_attached_and_say_so() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("setpriv lb");
-    std::thread::sleep(Duration::from_millis(700));
+    // Wait for "ready" (its signal handlers are in place by then), then stop it.
+    let mut stderr = std::io::BufReader::new(child.stderr.take().expect("stderr"));
+    let mut log = String::new();
+    while !log.contains("ready") {
+        let mut line = String::new();
+        if std::io::BufRead::read_line(&mut stderr, &mut line).expect("read") == 0 {
+            break;
+        }
+        log.push_str(&line);
+    }
     // SAFETY: signalling our own child.
     unsafe { libc::kill(i32::try_from(child.id()).expect("pid"), libc::SIGTERM) };
-    let out = child.wait_with_output().expect("wait");
+    let status = child.wait().expect("wait");
+    std::io::Read::read_to_string(&mut stderr, &mut log).expect("read");
+    let out = std::process::Output {
+        status,
+        stdout: Vec::new(),
+        stderr: log.into_bytes(),
+    };
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("no privileges to load BPF"), "{err}");
     assert!(err.contains("ready (no XDP)"), "{err}");

@@ -152,11 +152,59 @@ fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
+/// Runs a `cargo test` command, passing its output through, and adds up its
+/// `test result:` lines into `totals` (passed, failed).
+fn run_tests(cmd: &mut Command, totals: &mut (u64, u64)) -> Result<()> {
+    use std::io::BufRead as _;
+    cmd.current_dir(root()).stdout(std::process::Stdio::piped());
+    let mut child = cmd.spawn().with_context(|| format!("starting {cmd:?}"))?;
+    let stdout = child.stdout.take().context("no stdout")?;
+    for line in std::io::BufReader::new(stdout).lines() {
+        let line = line?;
+        println!("{line}");
+        if let Some(rest) = line.strip_prefix("test result: ") {
+            let count = |word: &str| {
+                rest.split(';')
+                    .find_map(|part| part.trim().strip_suffix(word))
+                    .and_then(|n| n.trim().rsplit(' ').next()?.parse::<u64>().ok())
+                    .unwrap_or(0)
+            };
+            totals.0 += count("passed");
+            totals.1 += count("failed");
+        }
+    }
+    let status = child.wait()?;
+    if !status.success() {
+        bail!("{cmd:?} failed ({status})");
+    }
+    Ok(())
+}
+
 fn test(obj: &Path) -> Result<()> {
     // The binary the integration tests start.
     run(cargo_with(obj).args(["build", "-p", "lb-userspace", "--bins"])).context("building lb")?;
-    run(cargo_with(obj).args(["test", "--workspace", "--exclude", "lb-tests"]))
-        .context("unit tests")?;
+    let mut totals = (0, 0);
+    let result = test_all(obj, &mut totals);
+    println!(
+        "\ncargo xtask test: {} passed, {} failed",
+        totals.0, totals.1
+    );
+    result
+}
+
+fn test_all(obj: &Path, totals: &mut (u64, u64)) -> Result<()> {
+    run_tests(
+        cargo_with(obj).args([
+            "test",
+            "--workspace",
+            "--exclude",
+            "lb-tests",
+            "--exclude",
+            "lb-ebpf",
+        ]),
+        totals,
+    )
+    .context("unit tests")?;
     if !is_root() {
         if std::env::var("CI").is_ok_and(|v| v == "true") {
             bail!("CI=true but not root: the kernel and netns tests need root");
@@ -166,9 +214,12 @@ fn test(obj: &Path) -> Result<()> {
         );
     }
     // Kernel tests share interfaces, pins and CPU time: one at a time.
-    run(cargo_with(obj)
-        .env("LB_BIN", root().join("target/debug/lb"))
-        .args(["test", "-p", "lb-tests", "--", "--test-threads=1"]))
+    run_tests(
+        cargo_with(obj)
+            .env("LB_BIN", root().join("target/debug/lb"))
+            .args(["test", "-p", "lb-tests", "--", "--test-threads=1"]),
+        totals,
+    )
     .context("integration tests (crate tests/)")
 }
 
@@ -201,7 +252,13 @@ fn main() -> Result<()> {
         Cmd::Demo => run_tool(&build_ebpf()?, "lb-demo", &[]),
         Cmd::Bench { which, quick } => match which.as_str() {
             "xdp" | "all" => {
-                let out = root().join("bench/results/xdp.md");
+                // A quick run proves the harness works; its numbers do not
+                // replace the committed report.
+                let out = if quick {
+                    root().join("target/bench/xdp-quick.md")
+                } else {
+                    root().join("bench/results/xdp.md")
+                };
                 let out = out.to_string_lossy().into_owned();
                 let mut args = vec!["--out", out.as_str()];
                 if quick {
