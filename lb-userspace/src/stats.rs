@@ -39,6 +39,14 @@ pub struct VipStats {
     pub per_cpu: Vec<VipCounters>,
 }
 
+impl VipStats {
+    /// The counters summed over CPUs.
+    #[must_use]
+    pub fn total(&self) -> VipCounters {
+        sum_vip(&self.per_cpu)
+    }
+}
+
 /// Everything `lb stats` shows.
 #[derive(Debug, Clone)]
 pub struct Stats {

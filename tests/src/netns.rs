@@ -4,7 +4,16 @@
 //! the network namespace: `ip netns exec` would also remount /sys and hide the
 //! host's bpffs, where `lb` pins its maps.
 
-use std::process::{Command, Output};
+use std::{
+    net::{SocketAddr, TcpListener},
+    process::{Command, Output},
+    sync::{
+        atomic::{AtomicBool, AtomicU32, Ordering},
+        Arc,
+    },
+    thread::JoinHandle,
+    time::Duration,
+};
 
 use anyhow::{bail, Context as _, Result};
 
@@ -59,20 +68,153 @@ impl Netns {
         let (first, rest) = argv.split_first().context("empty command")?;
         sh(self.cmd(first).args(rest))
     }
+}
 
-    /// Enters this namespace on the calling thread (for sockets made by the
-    /// test itself). Use on a thread of its own.
+/// Moves the calling thread into the namespace called `name` (for sockets
+/// made by the test itself). Use on a thread of its own.
+///
+/// # Errors
+/// `setns` failed.
+pub fn enter(name: &str) -> Result<()> {
+    let f = std::fs::File::open(format!("/run/netns/{name}"))?;
+    // SAFETY: a valid namespace fd; affects this thread only.
+    let rc = unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&f), libc::CLONE_NEWNET) };
+    if rc != 0 {
+        bail!("setns {name}: {}", std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Runs `f` on a new thread inside the namespace `name` and returns its
+/// result.
+///
+/// # Errors
+/// `setns` failed, `f` failed, or the thread panicked.
+pub fn run_in<T: Send + 'static>(
+    name: &str,
+    f: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
+    let owned = name.to_owned();
+    std::thread::spawn(move || {
+        enter(&owned)?;
+        f()
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("thread in {name} panicked"))?
+}
+
+/// The usual topology: a client namespace and an lb namespace joined by a
+/// veth pair, `<prefix>c<tag>` and `<prefix>l<tag>`. The lb side's interface
+/// (where XDP attaches) is `iface`.
+pub struct Topology {
+    /// The client side.
+    pub client: Netns,
+    /// The lb side.
+    pub lbns: Netns,
+    /// The lb side's veth.
+    pub iface: String,
+    /// The unique tag in every name.
+    pub tag: String,
+}
+
+impl Topology {
+    /// Builds it: `client_addrs` and `lb_addrs` in CIDR form.
     ///
     /// # Errors
-    /// `setns` failed.
-    pub fn enter_on_this_thread(&self) -> Result<()> {
-        let f = std::fs::File::open(format!("/run/netns/{}", self.name))?;
-        // SAFETY: a valid namespace fd.
-        let rc = unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&f), libc::CLONE_NEWNET) };
-        if rc != 0 {
-            bail!("setns {}: {}", self.name, std::io::Error::last_os_error());
+    /// An `ip` command failed.
+    pub fn new(prefix: &str, client_addrs: &[&str], lb_addrs: &[&str]) -> Result<Self> {
+        let tag = crate::unique_tag();
+        let client = Netns::new(&format!("{prefix}c{tag}"))?;
+        let lbns = Netns::new(&format!("{prefix}l{tag}"))?;
+        let iface = format!("vl{tag}");
+        veth(
+            &client,
+            &format!("vc{tag}"),
+            client_addrs,
+            &lbns,
+            &iface,
+            lb_addrs,
+        )?;
+        Ok(Self {
+            client,
+            lbns,
+            iface,
+            tag,
+        })
+    }
+}
+
+/// A TCP listener inside a namespace that accepts and closes connections on
+/// its own thread until dropped.
+pub struct Listener {
+    stop: Arc<AtomicBool>,
+    accepted: Arc<AtomicU32>,
+    thread: Option<JoinHandle<Result<()>>>,
+}
+
+impl Listener {
+    /// Listens on `addr` inside the namespace `ns`; returns once bound.
+    ///
+    /// # Errors
+    /// Entering the namespace or binding failed.
+    pub fn spawn(ns: &str, addr: SocketAddr) -> Result<Self> {
+        let (stop, accepted) = (
+            Arc::new(AtomicBool::new(false)),
+            Arc::new(AtomicU32::new(0)),
+        );
+        let (bound_tx, bound_rx) = std::sync::mpsc::channel();
+        let thread = {
+            let (stop, accepted, ns) = (Arc::clone(&stop), Arc::clone(&accepted), ns.to_owned());
+            std::thread::spawn(move || -> Result<()> {
+                let bound = enter(&ns).and_then(|()| {
+                    let l = TcpListener::bind(addr)?;
+                    l.set_nonblocking(true)?;
+                    Ok(l)
+                });
+                let l = match bound {
+                    Ok(l) => {
+                        let _ = bound_tx.send(Ok(()));
+                        l
+                    }
+                    Err(e) => {
+                        let _ = bound_tx.send(Err(format!("{e:#}")));
+                        return Err(e);
+                    }
+                };
+                while !stop.load(Ordering::Relaxed) {
+                    if l.accept().is_ok() {
+                        accepted.fetch_add(1, Ordering::Relaxed);
+                    } else {
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                }
+                Ok(())
+            })
+        };
+        match bound_rx.recv() {
+            Ok(Ok(())) => Ok(Self {
+                stop,
+                accepted,
+                thread: Some(thread),
+            }),
+            Ok(Err(e)) => bail!("listener on {addr} in {ns}: {e}"),
+            Err(_) => bail!("listener thread for {addr} in {ns} died"),
         }
-        Ok(())
+    }
+
+    /// Connections accepted so far.
+    #[must_use]
+    pub fn accepted(&self) -> u32 {
+        self.accepted.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
     }
 }
 

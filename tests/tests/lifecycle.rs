@@ -10,7 +10,7 @@ use std::{
 use lb_tests::{
     have_root, have_tool,
     lb::{lb_cmd, Lb},
-    netns::{veth, Netns},
+    netns::{Netns, Topology},
     unique_tag,
 };
 
@@ -20,34 +20,8 @@ fn scratch(name: &str) -> PathBuf {
     dir.join(name)
 }
 
-/// A two-namespace topology with `lb` to attach to the lb side's veth.
-struct Topo {
-    lbns: Netns,
-    _client: Netns,
-    iface: String,
-    tag: String,
-}
-
-fn topo() -> Topo {
-    let tag = unique_tag();
-    let client = Netns::new(&format!("lbtc{tag}")).expect("client ns");
-    let lbns = Netns::new(&format!("lbtl{tag}")).expect("lb ns");
-    let iface = format!("vl{tag}");
-    veth(
-        &client,
-        &format!("vc{tag}"),
-        &["198.18.0.2/24"],
-        &lbns,
-        &iface,
-        &["198.18.0.1/24"],
-    )
-    .expect("veth");
-    Topo {
-        lbns,
-        _client: client,
-        iface,
-        tag,
-    }
+fn topo() -> Topology {
+    Topology::new("lbt", &["198.18.0.2/24"], &["198.18.0.1/24"]).expect("namespaces")
 }
 
 fn config(instance: &str, iface: &str) -> String {

@@ -6,8 +6,7 @@
 //! are bounded in count and time; everything is torn down on drop.
 
 use std::{
-    io::Read as _,
-    net::{SocketAddr, TcpListener},
+    net::SocketAddr,
     path::PathBuf,
     process::Stdio,
     sync::{
@@ -20,7 +19,7 @@ use std::{
 use lb_tests::{
     connect_from, have_root, have_tool,
     lb::{lb_cmd, Lb},
-    netns::{veth, Netns},
+    netns::{run_in, Listener, Topology},
     unique_tag,
 };
 
@@ -29,31 +28,19 @@ const FLOODER: &str = "198.18.0.2";
 const CLIENT: &str = "198.18.0.3";
 const PORT: u16 = 8080;
 
-struct Topo {
-    client: Netns,
-    lbns: Netns,
-    iface: String,
-    tag: String,
-}
-
-fn topo() -> Topo {
-    let tag = unique_tag();
-    let client = Netns::new(&format!("lbfc{tag}")).expect("client ns");
-    let lbns = Netns::new(&format!("lbfl{tag}")).expect("lb ns");
-    let iface = format!("vl{tag}");
-    veth(
-        &client,
-        &format!("vc{tag}"),
+/// Client namespace (flooder and client addresses) and lb namespace (VIP),
+/// with an nftables counter of the SYNs that get past XDP into the lb
+/// namespace's stack.
+fn topo() -> Topology {
+    let t = Topology::new(
+        "lbf",
         &[&format!("{FLOODER}/24"), &format!("{CLIENT}/24")],
-        &lbns,
-        &iface,
         &[&format!("{VIP}/24")],
     )
-    .expect("veth");
-    // Count SYNs that get past XDP into the lb namespace's stack.
-    lbns.run(&["nft", "add", "table", "inet", "lbt"])
-        .expect("nft table");
-    lbns.run(&[
+    .expect("namespaces");
+    let nft = |args: &[&str]| t.lbns.run(args).expect("nft");
+    nft(&["nft", "add", "table", "inet", "lbt"]);
+    nft(&[
         "nft",
         "add",
         "chain",
@@ -61,9 +48,8 @@ fn topo() -> Topo {
         "lbt",
         "in",
         "{ type filter hook input priority 0 ; }",
-    ])
-    .expect("nft chain");
-    lbns.run(&[
+    ]);
+    nft(&[
         "nft",
         "add",
         "rule",
@@ -80,17 +66,11 @@ fn topo() -> Topo {
         "==",
         "syn",
         "counter",
-    ])
-    .expect("nft rule");
-    Topo {
-        client,
-        lbns,
-        iface,
-        tag,
-    }
+    ]);
+    t
 }
 
-fn syns_reaching_tcp(t: &Topo) -> u64 {
+fn syns_reaching_tcp(t: &Topology) -> u64 {
     let out = t
         .lbns
         .run(&["nft", "list", "chain", "inet", "lbt", "in"])
@@ -127,7 +107,7 @@ maxConnRate = {max_conn_rate}
 /// Floods SYNs from `src`: one hping3 pinned to each of `cpus` (on a veth
 /// the XDP program runs on the sender's CPU), `count` SYNs each, one every
 /// `interval_us`. Returns (packets hping3 says it sent, seconds it ran).
-fn flood(t: &Topo, src: &str, cpus: &[usize], count: u32, interval_us: u32) -> (u64, f64) {
+fn flood(t: &Topology, src: &str, cpus: &[usize], count: u32, interval_us: u32) -> (u64, f64) {
     let start = Instant::now();
     let runs: Vec<_> = cpus
         .iter()
@@ -327,33 +307,8 @@ fn a_second_client_connects_while_one_source_floods() {
     .expect("lb run");
 
     // A real listener on the VIP, in the lb namespace.
-    let stop = Arc::new(AtomicBool::new(false));
-    let server = {
-        let (stop, lbns) = (Arc::clone(&stop), t.lbns.name().to_owned());
-        std::thread::spawn(move || {
-            let ns = std::fs::File::open(format!("/run/netns/{lbns}")).expect("ns");
-            // SAFETY: a namespace fd; this thread only.
-            assert_eq!(
-                unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&ns), libc::CLONE_NEWNET) },
-                0
-            );
-            let l = TcpListener::bind((VIP, PORT)).expect("bind VIP");
-            l.set_nonblocking(true).expect("nonblocking");
-            let mut accepted = 0u32;
-            while !stop.load(Ordering::Relaxed) {
-                match l.accept() {
-                    Ok((mut s, _)) => {
-                        accepted += 1;
-                        let _ = s.read(&mut [0u8; 1]);
-                    }
-                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
-                }
-            }
-            accepted
-        })
-    };
-    std::thread::sleep(Duration::from_millis(200));
-
+    let vip: SocketAddr = format!("{VIP}:{PORT}").parse().expect("vip");
+    let server = Listener::spawn(t.lbns.name(), vip).expect("listener");
     // The flood: ~5 s at ~10 000 SYN/s from one address.
     let flooder = {
         let client = t.client.name().to_owned();
@@ -372,29 +327,18 @@ fn a_second_client_connects_while_one_source_floods() {
     std::thread::sleep(Duration::from_millis(500));
 
     // Meanwhile, ordinary connections from the second address.
-    let client_ns = t.client.name().to_owned();
-    let results = std::thread::spawn(move || {
-        let ns = std::fs::File::open(format!("/run/netns/{client_ns}")).expect("ns");
-        // SAFETY: a namespace fd; this thread only.
-        assert_eq!(
-            unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&ns), libc::CLONE_NEWNET) },
-            0
-        );
-        let vip: SocketAddr = format!("{VIP}:{PORT}").parse().expect("vip");
-        (0..20)
+    let results = run_in(t.client.name(), move || {
+        Ok((0..20)
             .map(|_| {
                 let sock = connect_from(CLIENT, vip);
                 std::thread::sleep(Duration::from_millis(100));
                 sock
             })
-            .collect::<Vec<_>>()
+            .collect::<Vec<_>>())
     })
-    .join()
     .expect("client thread");
     let flood_status = flooder.join().expect("flood thread");
-    stop.store(true, Ordering::Relaxed);
-    let accepted = server.join().expect("server");
-
+    let accepted = server.accepted();
     let failed: Vec<_> = results.iter().filter_map(|r| r.as_ref().err()).collect();
     assert!(
         failed.is_empty(),

@@ -84,17 +84,7 @@ impl Fixture {
     }
 
     fn vip(&self, index: usize) -> VipCounters {
-        let s = self.stats();
-        s.vips[index]
-            .per_cpu
-            .iter()
-            .fold(VipCounters::default(), |a, c| VipCounters {
-                admitted: a.admitted + c.admitted,
-                drop_source: a.drop_source + c.drop_source,
-                drop_global: a.drop_global + c.drop_global,
-                drop_frontend: a.drop_frontend + c.drop_frontend,
-                drop_pool: a.drop_pool + c.drop_pool,
-            })
+        self.stats().vips[index].total()
     }
 }
 

@@ -87,20 +87,21 @@ fn cargo() -> Command {
     c
 }
 
+/// How the eBPF crate is compiled (after `cargo +nightly build|clippy`).
+const EBPF_ARGS: [&str; 7] = [
+    "-Z",
+    "build-std=core",
+    "--target",
+    "bpfel-unknown-none",
+    "-p",
+    "lb-ebpf",
+    "--release",
+];
+
 /// Builds the eBPF object; returns its path.
 fn build_ebpf() -> Result<PathBuf> {
-    run(cargo().args([
-        "+nightly",
-        "build",
-        "--release",
-        "-Z",
-        "build-std=core",
-        "--target",
-        "bpfel-unknown-none",
-        "-p",
-        "lb-ebpf",
-    ]))
-    .context("building the eBPF object (crate lb-ebpf)")?;
+    run(cargo().args(["+nightly", "build"]).args(EBPF_ARGS))
+        .context("building the eBPF object (crate lb-ebpf)")?;
     let obj = root().join("target/bpfel-unknown-none/release/lb-ebpf");
     let size = std::fs::metadata(&obj)
         .with_context(|| format!("the build left no object at {}", obj.display()))?
@@ -130,20 +131,10 @@ fn lint(obj: &Path) -> Result<()> {
         "warnings",
     ]))
     .context("clippy (host crates)")?;
-    run(cargo().args([
-        "+nightly",
-        "clippy",
-        "-Z",
-        "build-std=core",
-        "--target",
-        "bpfel-unknown-none",
-        "-p",
-        "lb-ebpf",
-        "--release",
-        "--",
-        "-D",
-        "warnings",
-    ]))
+    run(cargo()
+        .args(["+nightly", "clippy"])
+        .args(EBPF_ARGS)
+        .args(["--", "-D", "warnings"]))
     .context("clippy (lb-ebpf, nightly)")
 }
 

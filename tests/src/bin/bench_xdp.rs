@@ -12,14 +12,8 @@
 
 use std::{
     fmt::Write as _,
-    net::TcpListener,
     path::PathBuf,
     process::{Command, Stdio},
-    sync::{
-        atomic::{AtomicBool, Ordering},
-        Arc,
-    },
-    time::Duration,
 };
 
 use anyhow::{bail, Context as _, Result};
@@ -27,7 +21,7 @@ use lb_common::programs;
 use lb_tests::{
     harness::{pin_to_cpu, XdpHarness},
     lb::Lb,
-    netns::{veth, Netns},
+    netns::{Listener, Netns, Topology},
     packet::{self, flags},
 };
 
@@ -284,40 +278,14 @@ maxConnRate = 1
 }
 
 fn cpu_per_drop(runs: usize, secs: u32) -> Result<Vec<(Guard, Summary, u64)>> {
-    let tag = std::process::id() % 100_000;
-    let client = Netns::new(&format!("lbbc{tag}"))?;
-    let lbns = Netns::new(&format!("lbbl{tag}"))?;
-    let iface = format!("vbl{tag}");
-    veth(
-        &client,
-        &format!("vbc{tag}"),
+    let t = Topology::new(
+        "lbb",
         &[&format!("{FLOOD_IP}/24")],
-        &lbns,
-        &iface,
         &[&format!("{LB_IP}/24")],
     )?;
+    let (client, lbns, iface, tag) = (&t.client, &t.lbns, &t.iface, &t.tag);
     // A listener, so "no protection" means the kernel's real SYN handling.
-    let stop = Arc::new(AtomicBool::new(false));
-    let server = {
-        let (stop, ns) = (Arc::clone(&stop), lbns.name().to_owned());
-        std::thread::spawn(move || -> Result<()> {
-            let f = std::fs::File::open(format!("/run/netns/{ns}"))?;
-            // SAFETY: a namespace fd; affects this thread only.
-            if unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&f), libc::CLONE_NEWNET) } != 0
-            {
-                bail!("setns: {}", std::io::Error::last_os_error());
-            }
-            let l = TcpListener::bind((LB_IP, PORT))?;
-            l.set_nonblocking(true)?;
-            while !stop.load(Ordering::Relaxed) {
-                if l.accept().is_err() {
-                    std::thread::sleep(Duration::from_millis(5));
-                }
-            }
-            Ok(())
-        })
-    };
-    std::thread::sleep(Duration::from_millis(200));
+    let _server = Listener::spawn(lbns.name(), format!("{LB_IP}:{PORT}").parse()?)?;
     let dir = std::env::temp_dir().join(format!("lb-bench-{tag}"));
     std::fs::create_dir_all(&dir)?;
     let mut results = Vec::new();
@@ -329,13 +297,13 @@ fn cpu_per_drop(runs: usize, secs: u32) -> Result<Vec<(Guard, Summary, u64)>> {
     ] {
         let lb = match guard {
             Guard::Xdp => Some(Lb::start(
-                Some(&lbns),
+                Some(lbns),
                 &dir.join("lb.toml"),
-                &xdp_config(&iface),
+                &xdp_config(iface),
             )?),
             _ => None,
         };
-        if let Some(rules) = guard.ruleset(&iface) {
+        if let Some(rules) = guard.ruleset(iface) {
             let mut nft = lbns
                 .cmd("nft")
                 .args(["-f", "-"])
@@ -348,20 +316,18 @@ fn cpu_per_drop(runs: usize, secs: u32) -> Result<Vec<(Guard, Summary, u64)>> {
         }
         let (mut v, mut sent_total) = (Vec::new(), 0);
         for _ in 0..runs {
-            let (sent, us) = flood_cost(&client, secs)?;
+            let (sent, us) = flood_cost(client, secs)?;
             sent_total += sent;
             v.push(us);
         }
         results.push((guard, summarize(v), sent_total));
-        if guard.ruleset(&iface).is_some() {
+        if guard.ruleset(iface).is_some() {
             lbns.run(&["nft", "flush", "ruleset"])?;
         }
         if let Some(mut lb) = lb {
             lb.stop(libc::SIGTERM)?;
         }
     }
-    stop.store(true, Ordering::Relaxed);
-    let _ = server.join();
     let _ = std::fs::remove_dir_all(&dir);
     Ok(results)
 }

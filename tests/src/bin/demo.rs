@@ -8,7 +8,7 @@
 //! prints after each what `lb` refused, by which level, from its pinned maps.
 
 use std::{
-    net::{SocketAddr, TcpListener},
+    net::SocketAddr,
     process::{Command, Stdio},
     sync::{
         atomic::{AtomicBool, Ordering},
@@ -21,7 +21,7 @@ use anyhow::{bail, Context as _, Result};
 use lb_tests::{
     connect_from,
     lb::{lb_bin, Lb},
-    netns::{cmd_in, veth, Netns},
+    netns::{cmd_in, run_in, Listener, Topology},
 };
 
 const VIP: &str = "198.18.0.1";
@@ -126,19 +126,13 @@ fn main() -> Result<()> {
         }
         Ok(())
     };
-    let tag = std::process::id() % 100_000;
     step("topology: client namespace ── veth ── lb namespace (XDP on the lb side)");
-    let client = Netns::new(&format!("lbdemoc{tag}"))?;
-    let lbns = Netns::new(&format!("lbdemol{tag}"))?;
-    let iface = format!("vdl{tag}");
-    veth(
-        &client,
-        &format!("vdc{tag}"),
+    let t = Topology::new(
+        "lbdemo",
         &[&format!("{FLOODER}/24"), &format!("{CLIENT}/24")],
-        &lbns,
-        &iface,
         &[&format!("{VIP}/24")],
     )?;
+    let (client, lbns, iface, tag) = (&t.client, &t.lbns, &t.iface, &t.tag);
     println!(
         "client {CLIENT} and flooder {FLOODER} in {}; VIP {VIP}:80 in {}",
         client.name(),
@@ -147,52 +141,19 @@ fn main() -> Result<()> {
 
     let dir = std::env::temp_dir().join(format!("lb-demo-{tag}"));
     std::fs::create_dir_all(&dir)?;
-    let cfg = config(&iface);
+    let cfg = config(iface);
     println!("{cfg}");
-    let mut lb = Lb::start(Some(&lbns), &dir.join("lb.toml"), &cfg)?;
+    let mut lb = Lb::start(Some(lbns), &dir.join("lb.toml"), &cfg)?;
     println!(
         "lb running (pid {}), maps pinned at /sys/fs/bpf/lb/{INSTANCE}/",
         lb.pid()
     );
 
     // A real listener behind the VIP, in the lb namespace.
-    let stop = Arc::new(AtomicBool::new(false));
-    let server = {
-        let (stop, ns) = (Arc::clone(&stop), lbns.name().to_owned());
-        std::thread::spawn(move || -> Result<()> {
-            let f = std::fs::File::open(format!("/run/netns/{ns}"))?;
-            // SAFETY: a namespace fd; affects this thread only.
-            if unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&f), libc::CLONE_NEWNET) } != 0
-            {
-                bail!("setns: {}", std::io::Error::last_os_error());
-            }
-            let l = TcpListener::bind((VIP, 80))?;
-            l.set_nonblocking(true)?;
-            while !stop.load(Ordering::Relaxed) {
-                if l.accept().is_err() {
-                    std::thread::sleep(Duration::from_millis(5));
-                }
-            }
-            Ok(())
-        })
-    };
+    let vip: SocketAddr = format!("{VIP}:80").parse()?;
+    let server = Listener::spawn(lbns.name(), vip)?;
     // Connections are made from the client namespace, on a thread of its own.
-    let in_client = |f: fn() -> Result<()>| -> Result<()> {
-        let ns = client.name().to_owned();
-        std::thread::spawn(move || -> Result<()> {
-            let file = std::fs::File::open(format!("/run/netns/{ns}"))?;
-            // SAFETY: a namespace fd; affects this thread only.
-            if unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&file), libc::CLONE_NEWNET) }
-                != 0
-            {
-                bail!("setns: {}", std::io::Error::last_os_error());
-            }
-            f()
-        })
-        .join()
-        .map_err(|_| anyhow::anyhow!("client thread panicked"))?
-    };
-    std::thread::sleep(Duration::from_millis(200));
+    let in_client = |f: fn() -> Result<()>| run_in(client.name(), f);
 
     check()?;
     step("1. normal traffic: 20 connections from the client");
@@ -257,8 +218,8 @@ fn main() -> Result<()> {
     }
 
     step("cleanup");
-    stop.store(true, Ordering::Relaxed);
-    let _ = server.join();
+    println!("the listener accepted {} connections", server.accepted());
+    drop(server);
     let code = lb.stop(libc::SIGTERM)?;
     println!("lb exited ({code:?}); XDP detached, pins removed; namespaces go next");
     let _ = std::fs::remove_dir_all(&dir);
