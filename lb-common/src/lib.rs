@@ -198,9 +198,10 @@ pub struct SourceBucket {
 }
 const _: () = assert!(core::mem::size_of::<SourceBucket>() == 8);
 
-/// Per-CPU counts of every packet the XDP program passes, by reason, and of
-/// every SYN it drops, summed over VIPs (`counters`, one entry). A non-SYN
-/// packet is counted here without any map lookup beyond this one.
+/// Per-CPU counts of every packet the XDP program passes without a SYN
+/// decision, by reason (`counters`, one entry). A non-SYN packet is counted
+/// here with no map lookup beyond this one. SYNs to VIPs are counted once, per
+/// VIP, in [`VipCounters`]; `lb stats` sums those for its totals.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PacketCounters {
@@ -217,12 +218,8 @@ pub struct PacketCounters {
     pub tcp_not_syn: u64,
     /// A SYN to an address and port that is no VIP.
     pub syn_not_vip: u64,
-    /// A SYN to a VIP that every bucket admitted.
-    pub syn_admitted: u64,
-    /// A SYN to a VIP that a bucket dropped (the reason is in `vip_stats`).
-    pub syn_dropped: u64,
 }
-const _: () = assert!(core::mem::size_of::<PacketCounters>() == 64);
+const _: () = assert!(core::mem::size_of::<PacketCounters>() == 48);
 
 /// Per-CPU, per-VIP SYN verdicts (`vip_stats`, indexed by `vip_index`).
 #[repr(C)]

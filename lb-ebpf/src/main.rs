@@ -122,10 +122,8 @@ fn on_syn(syn: &Syn, counters: &mut PacketCounters) -> u32 {
     let now = unsafe { bpf_ktime_get_ns() };
     if admit(syn, &vip, stats, now) {
         count(&raw mut stats.admitted);
-        count(&raw mut counters.syn_admitted);
         XDP_PASS
     } else {
-        count(&raw mut counters.syn_dropped);
         XDP_DROP
     }
 }

@@ -47,11 +47,33 @@ impl VipStats {
     }
 }
 
+/// One CPU's verdicts: the kernel's `counters` plus the SYN verdicts of every
+/// VIP on that CPU (the kernel counts those once, per VIP).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// Passed: not IPv4/IPv6.
+    pub not_ip: u64,
+    /// Passed: truncated or nonsensical headers.
+    pub malformed: u64,
+    /// Passed: fragments.
+    pub fragment: u64,
+    /// Passed: IP, not TCP.
+    pub not_tcp: u64,
+    /// Passed: TCP, not a SYN.
+    pub tcp_not_syn: u64,
+    /// Passed: a SYN to no VIP.
+    pub syn_not_vip: u64,
+    /// Passed: SYNs to VIPs that every level admitted.
+    pub syn_admitted: u64,
+    /// Dropped: SYNs to VIPs that a level refused.
+    pub syn_dropped: u64,
+}
+
 /// Everything `lb stats` shows.
 #[derive(Debug, Clone)]
 pub struct Stats {
-    /// `counters`, one entry per possible CPU.
-    pub per_cpu: Vec<PacketCounters>,
+    /// Verdicts, one entry per possible CPU.
+    pub per_cpu: Vec<Counters>,
     /// Per VIP, sorted by index.
     pub vips: Vec<VipStats>,
 }
@@ -63,18 +85,17 @@ fn open(dir: &Path, name: &'static str) -> Result<Map, StatsError> {
 }
 
 /// Sums per-CPU values field by field.
-fn sum_packets(v: &[PacketCounters]) -> PacketCounters {
-    v.iter()
-        .fold(PacketCounters::default(), |a, c| PacketCounters {
-            not_ip: a.not_ip + c.not_ip,
-            malformed: a.malformed + c.malformed,
-            fragment: a.fragment + c.fragment,
-            not_tcp: a.not_tcp + c.not_tcp,
-            tcp_not_syn: a.tcp_not_syn + c.tcp_not_syn,
-            syn_not_vip: a.syn_not_vip + c.syn_not_vip,
-            syn_admitted: a.syn_admitted + c.syn_admitted,
-            syn_dropped: a.syn_dropped + c.syn_dropped,
-        })
+fn sum_packets(v: &[Counters]) -> Counters {
+    v.iter().fold(Counters::default(), |a, c| Counters {
+        not_ip: a.not_ip + c.not_ip,
+        malformed: a.malformed + c.malformed,
+        fragment: a.fragment + c.fragment,
+        not_tcp: a.not_tcp + c.not_tcp,
+        tcp_not_syn: a.tcp_not_syn + c.tcp_not_syn,
+        syn_not_vip: a.syn_not_vip + c.syn_not_vip,
+        syn_admitted: a.syn_admitted + c.syn_admitted,
+        syn_dropped: a.syn_dropped + c.syn_dropped,
+    })
 }
 
 fn sum_vip(v: &[VipCounters]) -> VipCounters {
@@ -110,7 +131,6 @@ impl Stats {
             PerCpuArray::try_from(open(dir, maps::COUNTERS)?).map_err(err(maps::COUNTERS))?;
         let values: PerCpuValues<PacketCounters> =
             counters.get(&0, 0).map_err(err(maps::COUNTERS))?;
-        let per_cpu = values.iter().copied().collect();
 
         let vip_map: HashMap<MapData, VipKey, VipValue> =
             HashMap::try_from(open(dir, maps::VIPS)?).map_err(err(maps::VIPS))?;
@@ -129,12 +149,34 @@ impl Stats {
             });
         }
         vips.sort_by_key(|v| v.index);
+        let per_cpu = values
+            .iter()
+            .enumerate()
+            .map(|(cpu, p)| {
+                let on_cpu = |f: fn(&VipCounters) -> u64| {
+                    vips.iter()
+                        .filter_map(|v| v.per_cpu.get(cpu))
+                        .map(f)
+                        .sum::<u64>()
+                };
+                Counters {
+                    not_ip: p.not_ip,
+                    malformed: p.malformed,
+                    fragment: p.fragment,
+                    not_tcp: p.not_tcp,
+                    tcp_not_syn: p.tcp_not_syn,
+                    syn_not_vip: p.syn_not_vip,
+                    syn_admitted: on_cpu(|c| c.admitted),
+                    syn_dropped: on_cpu(VipCounters::dropped),
+                }
+            })
+            .collect();
         Ok(Self { per_cpu, vips })
     }
 
     /// Counters summed over CPUs.
     #[must_use]
-    pub fn total(&self) -> PacketCounters {
+    pub fn total(&self) -> Counters {
         sum_packets(&self.per_cpu)
     }
 
@@ -218,9 +260,9 @@ impl Stats {
     }
 }
 
-type PacketField = (&'static str, u64, fn(&PacketCounters) -> u64);
+type PacketField = (&'static str, u64, fn(&Counters) -> u64);
 
-fn packet_fields(t: &PacketCounters) -> [PacketField; 8] {
+fn packet_fields(t: &Counters) -> [PacketField; 8] {
     [
         ("pass not_ip", t.not_ip, |c| c.not_ip),
         ("pass malformed", t.malformed, |c| c.malformed),
@@ -248,7 +290,7 @@ fn vip_drop_fields(t: &VipCounters) -> [VipField; 4] {
     ]
 }
 
-fn packets_json(c: &PacketCounters) -> Value {
+fn packets_json(c: &Counters) -> Value {
     json!({
         "not_ip": c.not_ip, "malformed": c.malformed, "fragment": c.fragment,
         "not_tcp": c.not_tcp, "tcp_not_syn": c.tcp_not_syn, "syn_not_vip": c.syn_not_vip,

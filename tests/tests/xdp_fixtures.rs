@@ -4,8 +4,8 @@
 //!
 //! Needs root (loads BPF). Every fixture runs against the real embedded object.
 
-use lb::stats::Stats;
-use lb_common::{PacketCounters, VipCounters};
+use lb::stats::{Counters, Stats};
+use lb_common::VipCounters;
 use lb_tests::{
     harness::{pin_to_cpu, XdpHarness},
     have_root,
@@ -70,7 +70,7 @@ impl Fixture {
 
     /// Runs `pkt`, asserts its verdict, and asserts that exactly one packet
     /// counter moved, by one: the one `field` picks.
-    fn expect(&mut self, what: &str, pkt: &[u8], verdict: u32, field: fn(&PacketCounters) -> u64) {
+    fn expect(&mut self, what: &str, pkt: &[u8], verdict: u32, field: fn(&Counters) -> u64) {
         let before = self.stats().total();
         let got = self.0.run(pkt).expect("run");
         let after = self.stats().total();
@@ -88,7 +88,7 @@ impl Fixture {
     }
 }
 
-fn sum(c: &PacketCounters) -> u64 {
+fn sum(c: &Counters) -> u64 {
     c.not_ip
         + c.malformed
         + c.fragment
@@ -99,10 +99,10 @@ fn sum(c: &PacketCounters) -> u64 {
         + c.syn_dropped
 }
 
-const fn admitted(c: &PacketCounters) -> u64 {
+const fn admitted(c: &Counters) -> u64 {
     c.syn_admitted
 }
-const fn dropped(c: &PacketCounters) -> u64 {
+const fn dropped(c: &Counters) -> u64 {
     c.syn_dropped
 }
 
