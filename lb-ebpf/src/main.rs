@@ -24,7 +24,6 @@ mod parse;
 use aya_ebpf::{
     bindings::xdp_action::{XDP_DROP, XDP_PASS},
     btf_maps::{Array, HashMap, LruHashMap, PerCpuArray},
-    helpers::bpf_ktime_get_ns,
     macros::{btf_map, xdp},
     programs::XdpContext,
 };
@@ -32,6 +31,7 @@ use lb_common::{
     BucketCache, PacketCounters, RateBucket, SourceBucket, SourceKey, VipCounters, VipKey,
     VipValue, XdpConfig, MAX_BUCKETS, MAX_SOURCES, MAX_VIPS,
 };
+use limit::Clock;
 use parse::{Parsed, Syn};
 
 /// Process-wide XDP settings (per-source limit). One entry; written by
@@ -118,9 +118,7 @@ fn on_syn(syn: &Syn, counters: &mut PacketCounters) -> u32 {
     };
     // SAFETY: a live map value; fields are only changed with atomics.
     let stats = unsafe { &mut *stats };
-    // SAFETY: bpf_ktime_get_ns has no preconditions.
-    let now = unsafe { bpf_ktime_get_ns() };
-    if admit(syn, &vip, stats, now) {
+    if admit(syn, &vip, stats, &mut Clock::new()) {
         count(&raw mut stats.admitted);
         XDP_PASS
     } else {
@@ -141,10 +139,10 @@ fn level(index: u32) -> Level {
 }
 
 #[inline(always)]
-fn level_admits(l: Level, now: u64) -> bool {
+fn level_admits(l: Level, clock: &mut Clock) -> bool {
     match l {
         // SAFETY: both pointers come from map lookups.
-        Some((b, c)) => unsafe { limit::admit(b, c, now) },
+        Some((b, c)) => unsafe { limit::admit(b, c, clock) },
         None => true,
     }
 }
@@ -162,24 +160,24 @@ fn level_refund(l: Level) {
 /// token back, since the SYN never passes. Each refusal bumps its counter
 /// here, at a constant offset, which the verifier can follow.
 #[inline(always)]
-fn admit(syn: &Syn, vip: &VipValue, stats: &mut VipCounters, now: u64) -> bool {
-    if !source_admits(syn, now) {
+fn admit(syn: &Syn, vip: &VipValue, stats: &mut VipCounters, clock: &mut Clock) -> bool {
+    if !source_admits(syn, clock) {
         count(&raw mut stats.drop_source);
         return false;
     }
     let global = level(lb_common::bucket::GLOBAL);
-    if !level_admits(global, now) {
+    if !level_admits(global, clock) {
         count(&raw mut stats.drop_global);
         return false;
     }
     let frontend = level(vip.frontend_bucket);
-    if !level_admits(frontend, now) {
+    if !level_admits(frontend, clock) {
         level_refund(global);
         count(&raw mut stats.drop_frontend);
         return false;
     }
     let pool = level(vip.pool_bucket);
-    if !level_admits(pool, now) {
+    if !level_admits(pool, clock) {
         level_refund(global);
         level_refund(frontend);
         count(&raw mut stats.drop_pool);
@@ -189,7 +187,7 @@ fn admit(syn: &Syn, vip: &VipValue, stats: &mut VipCounters, now: u64) -> bool {
 }
 
 #[inline(always)]
-fn source_admits(syn: &Syn, now: u64) -> bool {
+fn source_admits(syn: &Syn, clock: &mut Clock) -> bool {
     let Some(cfg) = CONFIG.get(0) else {
         return true;
     };
@@ -200,7 +198,7 @@ fn source_admits(syn: &Syn, now: u64) -> bool {
     let key = &syn.source;
     if let Some(src) = SOURCES.get_ptr_mut(key) {
         // SAFETY: pointer from the lookup.
-        return unsafe { limit::admit_source(src, interval, tau, now) };
+        return unsafe { limit::admit_source(src, interval, tau, clock) };
     }
     if tau < interval {
         return false;
@@ -209,7 +207,7 @@ fn source_admits(syn: &Syn, now: u64) -> bool {
     // CPUs racing here may each insert; the later insert wins, costing at most
     // one extra SYN.
     let fresh = SourceBucket {
-        tat_ns: now + interval,
+        tat_ns: clock.now() + interval,
     };
     let _ = SOURCES.insert(key, fresh, 0);
     true
