@@ -109,3 +109,31 @@ pub fn connect_from(src: &str, dst: SocketAddr) -> Result<Duration, String> {
         r
     }
 }
+
+/// A temporary directory for config files, removed on drop.
+pub struct ScratchDir(std::path::PathBuf);
+
+impl ScratchDir {
+    /// Creates `<tmp>/<prefix>-<unique tag>`.
+    ///
+    /// # Panics
+    /// The directory cannot be created.
+    #[must_use]
+    pub fn new(prefix: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("{prefix}-{}", unique_tag()));
+        std::fs::create_dir_all(&dir).expect("create scratch dir");
+        Self(dir)
+    }
+
+    /// A path inside it.
+    #[must_use]
+    pub fn join(&self, name: &str) -> std::path::PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}

@@ -3,7 +3,7 @@
 //! instance, and nothing left attached or pinned after SIGTERM or SIGKILL.
 
 use std::{
-    path::{Path, PathBuf},
+    path::Path,
     time::{Duration, Instant},
 };
 
@@ -11,14 +11,8 @@ use lb_tests::{
     have_root, have_tool,
     lb::{lb_cmd, Lb},
     netns::{Netns, Topology},
-    unique_tag,
+    ScratchDir,
 };
-
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("lb-test-{}", unique_tag()));
-    std::fs::create_dir_all(&dir).expect("scratch dir");
-    dir.join(name)
-}
 
 fn topo() -> Topology {
     Topology::new("lbt", &["198.18.0.2/24"], &["198.18.0.1/24"]).expect("namespaces")
@@ -58,6 +52,7 @@ fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
 
 #[test]
 fn check_refuses_bad_files_naming_file_line_key_and_what_is_allowed() {
+    let tmp = ScratchDir::new("lb-test");
     let cases = [
         ("[xdp]\nmode = \"off\"\nsourceSynRat = 5\n", ":3:", "unknown field `sourceSynRat`"),
         ("[xdp]\nmode = \"off\"\nsourceSynRate = \"fast\"\n", ":3:", "sourceSynRate = \"fast\""),
@@ -70,7 +65,7 @@ fn check_refuses_bad_files_naming_file_line_key_and_what_is_allowed() {
         ),
     ];
     for (text, line, msg) in cases {
-        let path = scratch("bad.toml");
+        let path = tmp.join("bad.toml");
         std::fs::write(&path, text).expect("write");
         let p = path.to_string_lossy().into_owned();
         for verb in ["check", "run"] {
@@ -84,7 +79,7 @@ fn check_refuses_bad_files_naming_file_line_key_and_what_is_allowed() {
             assert!(err.contains("nothing was started"), "{err}");
         }
     }
-    let good = scratch("good.toml");
+    let good = tmp.join("good.toml");
     std::fs::write(&good, config("ok", "lo").replace("driver", "off")).expect("write");
     let (code, out, err) = lb_cmd(&["check", "-c", &good.to_string_lossy()]).expect("lb");
     assert_eq!(code, 0, "{err}");
@@ -93,12 +88,13 @@ fn check_refuses_bad_files_naming_file_line_key_and_what_is_allowed() {
 
 #[test]
 fn run_pins_btf_maps_refuses_a_second_instance_and_cleans_up_on_sigterm() {
+    let tmp = ScratchDir::new("lb-test");
     if !have_root("run_pins_btf_maps_refuses_a_second_instance_and_cleans_up_on_sigterm") {
         return;
     }
     let t = topo();
     let instance = format!("life{}", t.tag);
-    let cfg = scratch("lb.toml");
+    let cfg = tmp.join("lb.toml");
     let mut lb = Lb::start(Some(&t.lbns), &cfg, &config(&instance, &t.iface)).expect("lb run");
     let pins = Path::new("/sys/fs/bpf/lb").join(&instance);
     assert!(xdp_attached(&t.lbns, &t.iface), "XDP attached");
@@ -158,12 +154,13 @@ fn run_pins_btf_maps_refuses_a_second_instance_and_cleans_up_on_sigterm() {
 
 #[test]
 fn sigkill_leaves_nothing_attached_or_pinned_and_a_new_lb_starts() {
+    let tmp = ScratchDir::new("lb-test");
     if !have_root("sigkill_leaves_nothing_attached_or_pinned_and_a_new_lb_starts") {
         return;
     }
     let t = topo();
     let instance = format!("kill{}", t.tag);
-    let cfg = scratch("lb.toml");
+    let cfg = tmp.join("lb.toml");
     let text = config(&instance, &t.iface);
     let mut lb = Lb::start(Some(&t.lbns), &cfg, &text).expect("lb run");
     let pins = Path::new("/sys/fs/bpf/lb").join(&instance);
@@ -185,12 +182,13 @@ fn sigkill_leaves_nothing_attached_or_pinned_and_a_new_lb_starts() {
 
 #[test]
 fn mode_off_and_no_privileges_run_with_nothing_attached_and_say_so() {
+    let tmp = ScratchDir::new("lb-test");
     if !have_root("mode_off_and_no_privileges_run_with_nothing_attached_and_say_so") {
         return;
     }
     let t = topo();
     let instance = format!("off{}", t.tag);
-    let cfg = scratch("lb.toml");
+    let cfg = tmp.join("lb.toml");
     let mut lb = Lb::start(
         Some(&t.lbns),
         &cfg,
@@ -211,7 +209,7 @@ fn mode_off_and_no_privileges_run_with_nothing_attached_and_say_so() {
         eprintln!("setpriv missing: unprivileged half skipped");
         return;
     }
-    let cfg = scratch("nopriv.toml");
+    let cfg = tmp.join("nopriv.toml");
     std::fs::write(&cfg, config(&format!("np{}", t.tag), &t.iface)).expect("write");
     std::fs::set_permissions(
         cfg.parent().expect("dir"),

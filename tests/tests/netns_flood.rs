@@ -7,7 +7,6 @@
 
 use std::{
     net::SocketAddr,
-    path::PathBuf,
     process::Stdio,
     sync::{
         atomic::{AtomicBool, Ordering},
@@ -20,7 +19,7 @@ use lb_tests::{
     connect_from, have_root, have_tool,
     lb::{lb_cmd, Lb},
     netns::{run_in, Listener, Topology},
-    unique_tag,
+    ScratchDir,
 };
 
 const VIP: &str = "198.18.0.1";
@@ -189,12 +188,6 @@ fn vip_stats(instance: &str) -> serde_json::Value {
     v["vips"][0].clone()
 }
 
-fn scratch() -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("lb-flood-{}", unique_tag()));
-    std::fs::create_dir_all(&dir).expect("dir");
-    dir.join("lb.toml")
-}
-
 fn ready(test: &str) -> bool {
     if !have_root(test) {
         return false;
@@ -214,12 +207,13 @@ fn accuracy(test: &str, cpus: &[usize]) {
     if !ready(test) {
         return;
     }
+    let tmp = ScratchDir::new("lb-flood");
     let t = topo();
     let instance = format!("flood{}", t.tag);
     let rate = 500;
     let mut lb = Lb::start(
         Some(&t.lbns),
-        &scratch(),
+        &tmp.join("lb.toml"),
         &config(&instance, &t.iface, rate, ""),
     )
     .expect("lb run");
@@ -292,11 +286,12 @@ fn a_second_client_connects_while_one_source_floods() {
     if !ready(test) {
         return;
     }
+    let tmp = ScratchDir::new("lb-flood");
     let t = topo();
     let instance = format!("fair{}", t.tag);
     let mut lb = Lb::start(
         Some(&t.lbns),
-        &scratch(),
+        &tmp.join("lb.toml"),
         &config(
             &instance,
             &t.iface,
