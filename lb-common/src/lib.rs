@@ -44,6 +44,9 @@ pub mod programs {
     pub const XDP_LB: &str = "lb_xdp";
     /// An empty `XDP_PASS` program, the baseline of `cargo xtask bench xdp`.
     pub const XDP_EMPTY: &str = "lb_xdp_empty";
+    /// A plain `XDP_DROP` program: the floor of a drop's cost on an
+    /// interface, a peer in `cargo xtask bench xdp`.
+    pub const XDP_DROP_ALL: &str = "lb_xdp_drop";
 }
 
 /// Most VIPs (frontend listen addresses) one instance can enforce on.

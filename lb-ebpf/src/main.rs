@@ -104,6 +104,13 @@ pub fn lb_xdp_empty(_ctx: XdpContext) -> u32 {
     XDP_PASS
 }
 
+/// The floor of XDP's cost on an interface, for benchmarks: drops
+/// everything, touches nothing. Never attached by `lb run`.
+#[xdp]
+pub fn lb_xdp_drop(_ctx: XdpContext) -> u32 {
+    XDP_DROP
+}
+
 /// Decides one SYN to a possible VIP.
 #[inline(always)]
 fn on_syn(syn: &Syn, counters: &mut PacketCounters) -> u32 {

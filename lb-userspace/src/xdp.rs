@@ -284,12 +284,26 @@ impl DataPlane {
     /// # Errors
     /// The interface does not exist, or does not support `mode`.
     pub fn attach(&mut self, iface: &str, mode: XdpMode) -> Result<(), XdpError> {
+        self.attach_program(programs::XDP_LB, iface, mode)
+    }
+
+    /// Attaches the object's program `name` to `iface` (benchmarks attach
+    /// its baselines this way).
+    ///
+    /// # Errors
+    /// The interface does not exist, or does not support `mode`.
+    pub fn attach_program(
+        &mut self,
+        name: &'static str,
+        iface: &str,
+        mode: XdpMode,
+    ) -> Result<(), XdpError> {
         let (aya_mode, label) = match mode {
             XdpMode::Driver => (AyaMode::Driver, "driver mode"),
             XdpMode::Skb => (AyaMode::Skb, "skb mode"),
             XdpMode::Auto | XdpMode::Off => (AyaMode::default(), "auto mode"),
         };
-        let prog = self.program(programs::XDP_LB)?;
+        let prog = self.program(name)?;
         prog.attach(iface, aya_mode)
             .map_err(|source| XdpError::Attach {
                 iface: iface.to_owned(),

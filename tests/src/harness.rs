@@ -72,6 +72,17 @@ impl XdpHarness {
         Ok((r.return_value, r.duration))
     }
 
+    /// Attaches `program` to `iface` (in this thread's namespace) in native
+    /// mode, until the harness is dropped.
+    ///
+    /// # Errors
+    /// The interface does not exist or lacks native XDP.
+    pub fn attach(&mut self, program: &'static str, iface: &str) -> Result<()> {
+        Ok(self
+            .plane
+            .attach_program(program, iface, lb::config::XdpMode::Driver)?)
+    }
+
     /// Runs the SYN limiter once on `pkt`; returns its verdict.
     ///
     /// # Errors

@@ -217,6 +217,7 @@ fn flood_cost(client: &Netns, secs: u32) -> Result<(u64, f64)> {
 /// The four ways to meet a flood.
 #[derive(Clone, Copy)]
 enum Guard {
+    PlainDrop,
     Xdp,
     NftConntrack,
     NftIngress,
@@ -226,6 +227,7 @@ enum Guard {
 impl Guard {
     fn name(self) -> &'static str {
         match self {
+            Self::PlainDrop => "a plain XDP_DROP program (the floor of XDP on this veth)",
             Self::Xdp => "lb XDP (SYN dropped by the pool's maxConnRate)",
             Self::NftConntrack => {
                 "nftables inet input: ct state new ... limit rate over 1/second drop"
@@ -249,7 +251,7 @@ impl Guard {
                 "table netdev lbbench {{\n  chain ingress {{\n    type filter hook ingress device \"{iface}\" \
                  priority 0;\n    tcp dport {PORT} tcp flags & (syn|ack) == syn limit rate over 1/second drop\n  }}\n}}"
             )),
-            Self::Xdp | Self::Nothing => None,
+            Self::PlainDrop | Self::Xdp | Self::Nothing => None,
         }
     }
 }
@@ -284,17 +286,59 @@ fn cpu_per_drop(runs: usize, secs: u32) -> Result<Vec<(Guard, Summary, u64)>> {
         &[&format!("{LB_IP}/24")],
     )?;
     let (client, lbns, iface, tag) = (&t.client, &t.lbns, &t.iface, &t.tag);
+    // Permanent neighbour entries both ways: no ARP during the floods (a plain
+    // XDP_DROP would drop it, and its misses would slow the next setup).
+    let mac = |ns: &Netns, dev: &str| -> Result<String> {
+        let out = ns.run(&["ip", "-o", "link", "show", "dev", dev])?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        text.split("link/ether ")
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next())
+            .map(str::to_owned)
+            .with_context(|| format!("no MAC for {dev}: {text}"))
+    };
+    let client_if = format!("vc{tag}");
+    let (lb_mac, client_mac) = (mac(lbns, iface)?, mac(client, &client_if)?);
+    client.run(&[
+        "ip",
+        "neigh",
+        "replace",
+        LB_IP,
+        "lladdr",
+        &lb_mac,
+        "dev",
+        &client_if,
+        "nud",
+        "permanent",
+    ])?;
+    lbns.run(&[
+        "ip",
+        "neigh",
+        "replace",
+        FLOOD_IP,
+        "lladdr",
+        &client_mac,
+        "dev",
+        iface,
+        "nud",
+        "permanent",
+    ])?;
     // A listener, so "no protection" means the kernel's real SYN handling.
     let _server = Listener::spawn(lbns.name(), format!("{LB_IP}:{PORT}").parse()?)?;
     let dir = std::env::temp_dir().join(format!("lb-bench-{tag}"));
     std::fs::create_dir_all(&dir)?;
     let mut results = Vec::new();
     for guard in [
+        Guard::PlainDrop,
         Guard::Xdp,
         Guard::NftConntrack,
         Guard::NftIngress,
         Guard::Nothing,
     ] {
+        let plain = match guard {
+            Guard::PlainDrop => Some(PlainDrop::attach(lbns.name(), iface)?),
+            _ => None,
+        };
         let lb = match guard {
             Guard::Xdp => Some(Lb::start(
                 Some(lbns),
@@ -327,9 +371,59 @@ fn cpu_per_drop(runs: usize, secs: u32) -> Result<Vec<(Guard, Summary, u64)>> {
         if let Some(mut lb) = lb {
             lb.stop(libc::SIGTERM)?;
         }
+        drop(plain);
     }
     let _ = std::fs::remove_dir_all(&dir);
     Ok(results)
+}
+
+/// `lb_xdp_drop` attached to the lb side's veth, from a thread inside the
+/// lb namespace (interface indexes are per namespace), until dropped.
+struct PlainDrop {
+    stop: Option<std::sync::mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl PlainDrop {
+    fn attach(ns: &str, iface: &str) -> Result<Self> {
+        let (ns, iface) = (ns.to_owned(), iface.to_owned());
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let attached = lb_tests::netns::enter(&ns).and_then(|()| {
+                let mut h = XdpHarness::new("[xdp]\nmode = \"off\"\n")?;
+                h.attach(programs::XDP_DROP_ALL, &iface)?;
+                Ok(h)
+            });
+            match attached {
+                Ok(h) => {
+                    let _ = ready_tx.send(Ok(()));
+                    let _ = stop_rx.recv();
+                    drop(h);
+                }
+                Err(e) => {
+                    let _ = ready_tx.send(Err(format!("{e:#}")));
+                }
+            }
+        });
+        match ready_rx.recv() {
+            Ok(Ok(())) => Ok(Self {
+                stop: Some(stop_tx),
+                thread: Some(thread),
+            }),
+            Ok(Err(e)) => bail!("attaching lb_xdp_drop: {e}"),
+            Err(_) => bail!("the lb_xdp_drop thread died"),
+        }
+    }
+}
+
+impl Drop for PlainDrop {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 // ---- the report ----------------------------------------------------------
@@ -457,10 +551,15 @@ fn main() -> Result<()> {
     let _ = writeln!(
         md,
         "\nlb XDP per dropped SYN: {:.2}× the conntrack rule (target ≤ 0.5×), {:.2}× the netdev \
-         ingress rule (target ≤ 1.1×), {:.2}× no protection.\n",
+         ingress rule (target ≤ 1.1×), {:.2}× no protection, {:.2}× a plain XDP_DROP.\n\n\
+         On a veth, native XDP turns each skb the sender built into an xdp_buff; a locally built \
+         skb (kmalloc'd head, little headroom) is copied into a fresh page for it, which the \
+         netdev hook never pays. The plain XDP_DROP row is that floor: what lb's program adds on \
+         top of it is its own cost.\n",
         ratio(|g| matches!(g, Guard::NftConntrack)),
         ratio(|g| matches!(g, Guard::NftIngress)),
         ratio(|g| matches!(g, Guard::Nothing)),
+        ratio(|g| matches!(g, Guard::PlainDrop)),
     );
     let _ = writeln!(
         md,
