@@ -219,6 +219,7 @@ fn flood_cost(client: &Netns, secs: u32) -> Result<(u64, f64)> {
 enum Guard {
     PlainDrop,
     Xdp,
+    XdpSource,
     NftConntrack,
     NftIngress,
     Nothing,
@@ -228,7 +229,10 @@ impl Guard {
     fn name(self) -> &'static str {
         match self {
             Self::PlainDrop => "a plain XDP_DROP program (the floor of XDP on this veth)",
-            Self::Xdp => "lb XDP (SYN dropped by the pool's maxConnRate)",
+            Self::Xdp => {
+                "lb XDP, worst path (SYN passes source, global, frontend; dropped by the pool)"
+            }
+            Self::XdpSource => "lb XDP, one source flooding (SYN dropped by sourceSynRate)",
             Self::NftConntrack => {
                 "nftables inet input: ct state new ... limit rate over 1/second drop"
             }
@@ -251,29 +255,37 @@ impl Guard {
                 "table netdev lbbench {{\n  chain ingress {{\n    type filter hook ingress device \"{iface}\" \
                  priority 0;\n    tcp dport {PORT} tcp flags & (syn|ack) == syn limit rate over 1/second drop\n  }}\n}}"
             )),
-            Self::PlainDrop | Self::Xdp | Self::Nothing => None,
+            Self::PlainDrop | Self::Xdp | Self::XdpSource | Self::Nothing => None,
         }
     }
 }
 
-fn xdp_config(iface: &str) -> String {
+/// `lb`'s config for a setup: the worst path (every level checked, the
+/// pool drops) or a per-source drop.
+fn xdp_config(iface: &str, per_source: bool) -> String {
+    let source_rate = if per_source { 1 } else { 10_000_000 };
+    let pool_rate = if per_source { 10_000_000 } else { 1 };
     format!(
         r#"[global]
 instance = "bench{}"
 [xdp]
 iface = "{iface}"
 mode = "driver"
-sourceSynRate = 10000000
-sourceSynBurst = 10000000
+sourceSynRate = {source_rate}
+sourceSynBurst = 1
 [[frontend]]
 name = "v"
 listen = "{LB_IP}:{PORT}"
 pool = "p"
+[frontend.limits]
+maxConnRate = 10000000
 [[pool]]
 name = "p"
 profile = "x"
+[global.limits]
+maxConnRate = 10000000
 [profile.x]
-maxConnRate = 1
+maxConnRate = {pool_rate}
 "#,
         std::process::id()
     )
@@ -331,6 +343,7 @@ fn cpu_per_drop(runs: usize, secs: u32) -> Result<Vec<(Guard, Summary, u64)>> {
     for guard in [
         Guard::PlainDrop,
         Guard::Xdp,
+        Guard::XdpSource,
         Guard::NftConntrack,
         Guard::NftIngress,
         Guard::Nothing,
@@ -340,10 +353,10 @@ fn cpu_per_drop(runs: usize, secs: u32) -> Result<Vec<(Guard, Summary, u64)>> {
             _ => None,
         };
         let lb = match guard {
-            Guard::Xdp => Some(Lb::start(
+            Guard::Xdp | Guard::XdpSource => Some(Lb::start(
                 Some(lbns),
                 &dir.join("lb.toml"),
-                &xdp_config(iface),
+                &xdp_config(iface, matches!(guard, Guard::XdpSource)),
             )?),
             _ => None,
         };
@@ -542,6 +555,12 @@ fn main() -> Result<()> {
             s.median / xdp
         );
     }
+    let median_of = |g: fn(&Guard) -> bool| {
+        per_drop
+            .iter()
+            .find(|r| g(&r.0))
+            .map_or(f64::NAN, |r| r.1.median)
+    };
     let ratio = |g: fn(&Guard) -> bool| {
         per_drop
             .iter()
@@ -550,8 +569,10 @@ fn main() -> Result<()> {
     };
     let _ = writeln!(
         md,
-        "\nlb XDP per dropped SYN: {:.2}× the conntrack rule (target ≤ 0.5×), {:.2}× the netdev \
-         ingress rule (target ≤ 1.1×), {:.2}× no protection, {:.2}× a plain XDP_DROP.\n\n\
+        "\nlb XDP per dropped SYN, worst path: {:.2}× the conntrack rule (target ≤ 0.5×), \
+         {:.2}× the netdev ingress rule (target ≤ 1.1×), {:.2}× no protection, {:.2}× a plain \
+         XDP_DROP. One source flooding (dropped by sourceSynRate): {:.2}× the netdev ingress \
+         rule.\n\n\
          On a veth, native XDP turns each skb the sender built into an xdp_buff; a locally built \
          skb (kmalloc'd head, little headroom) is copied into a fresh page for it, which the \
          netdev hook never pays. The plain XDP_DROP row is that floor: what lb's program adds on \
@@ -560,6 +581,8 @@ fn main() -> Result<()> {
         ratio(|g| matches!(g, Guard::NftIngress)),
         ratio(|g| matches!(g, Guard::Nothing)),
         ratio(|g| matches!(g, Guard::PlainDrop)),
+        median_of(|g| matches!(g, Guard::XdpSource))
+            / median_of(|g| matches!(g, Guard::NftIngress)),
     );
     let _ = writeln!(
         md,
