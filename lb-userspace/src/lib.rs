@@ -8,10 +8,16 @@
 //!   its maps);
 //! - [`instance`]: one `lb` per instance name, pins and their janitor;
 //! - [`stats`]: counters read back from the pinned maps;
+//! - [`pool`]: backend pools, balancing, stickiness, health checks;
+//! - [`proxy`]: per-CPU workers proxying HTTP and TCP to the pools;
+//! - [`admin`]: the admin listener (`/api/status`);
 //! - [`run`]: `lb run`, tying the above together until a signal.
 
+pub mod admin;
 pub mod config;
 pub mod instance;
+pub mod pool;
+pub mod proxy;
 pub mod run;
 pub mod stats;
 pub mod xdp;

@@ -1,5 +1,6 @@
-//! `lb run`: take the instance, start the data plane, run until SIGINT or
-//! SIGTERM, then detach and remove the pins.
+//! `lb run`: take the instance, start the data plane, the proxy workers and
+//! the admin listener, run until SIGINT or SIGTERM, then stop accepting,
+//! drain, detach and remove the pins.
 //!
 //! Without the privileges to load BPF, or with `[xdp] mode = "off"`, `lb`
 //! says so at start and keeps running with nothing attached.
@@ -8,8 +9,10 @@ use anyhow::{Context as _, Result};
 use tracing::{info, warn};
 
 use crate::{
+    admin,
     config::{Config, XdpMode},
     instance,
+    proxy::Proxy,
     xdp::{DataPlane, Plan},
 };
 
@@ -95,6 +98,35 @@ pub fn run(cfg: &Config) -> Result<()> {
     } else {
         Some(start_xdp(cfg)?)
     };
+    let _enter = rt.enter();
+    let proxy = match Proxy::start(cfg) {
+        Ok(p) => p,
+        Err(e) => {
+            stop_xdp(started)?;
+            return Err(e);
+        }
+    };
+    let admin = match &cfg.admin {
+        Some(a) => {
+            let addr = a.listen.map_or_else(
+                || {
+                    admin::DEFAULT_LISTEN
+                        .parse()
+                        .expect("a valid constant address")
+                },
+                |l| l.0,
+            );
+            match rt.block_on(admin::start(addr, std::sync::Arc::clone(proxy.shared()))) {
+                Ok(h) => Some(h),
+                Err(e) => {
+                    rt.block_on(proxy.stop());
+                    stop_xdp(started)?;
+                    return Err(e);
+                }
+            }
+        }
+        None => None,
+    };
     if let Some(s) = &started {
         info!(
             instance = %name,
@@ -107,11 +139,21 @@ pub fn run(cfg: &Config) -> Result<()> {
         info!(instance = %name, "ready (no XDP)");
     }
     rt.block_on(signals.wait());
+    info!(drain = ?cfg.global.drain_timeout.0, "stopped accepting; draining");
+    if let Some(a) = admin {
+        a.abort();
+    }
+    rt.block_on(proxy.stop());
+    stop_xdp(started)
+}
+
+/// Detaches XDP and removes the pins (when started).
+fn stop_xdp(started: Option<Started>) -> Result<()> {
     if let Some(s) = started {
         let dir = s.pin_dir.clone();
         drop(s.plane);
         instance::remove_pins(&dir)?;
-        info!(instance = %name, "detached; pins removed");
+        info!(pins = %dir.display(), "detached; pins removed");
     }
     Ok(())
 }

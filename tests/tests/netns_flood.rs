@@ -26,6 +26,8 @@ const VIP: &str = "198.18.0.1";
 const FLOODER: &str = "198.18.0.2";
 const CLIENT: &str = "198.18.0.3";
 const PORT: u16 = 8080;
+/// Where the test's backend listens, beside the VIP in the lb namespace.
+const BACKEND_PORT: u16 = 9090;
 
 /// Client namespace (flooder and client addresses) and lb namespace (VIP),
 /// with an nftables counter of the SYNs that get past XDP into the lb
@@ -93,10 +95,12 @@ mode = "driver"
 [[frontend]]
 name = "web"
 listen = "{VIP}:{PORT}"
+mode = "tcp"
 pool = "api"
 [[pool]]
 name = "api"
 profile = "flood"
+backends = ["{VIP}:{BACKEND_PORT}"]
 [profile.flood]
 maxConnRate = {max_conn_rate}
 "#
@@ -301,9 +305,10 @@ fn a_second_client_connects_while_one_source_floods() {
     )
     .expect("lb run");
 
-    // A real listener on the VIP, in the lb namespace.
+    // lb proxies the VIP (tcp mode) to a real listener in its namespace.
     let vip: SocketAddr = format!("{VIP}:{PORT}").parse().expect("vip");
-    let server = Listener::spawn(t.lbns.name(), vip).expect("listener");
+    let backend: SocketAddr = format!("{VIP}:{BACKEND_PORT}").parse().expect("backend");
+    let server = Listener::spawn(t.lbns.name(), backend).expect("listener");
     // The flood: ~5 s at ~10 000 SYN/s from one address.
     let flooder = {
         let client = t.client.name().to_owned();
@@ -333,6 +338,11 @@ fn a_second_client_connects_while_one_source_floods() {
     })
     .expect("client thread");
     let flood_status = flooder.join().expect("flood thread");
+    // Each client connection reached the backend through lb.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while server.accepted() < 20 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let accepted = server.accepted();
     let failed: Vec<_> = results.iter().filter_map(|r| r.as_ref().err()).collect();
     assert!(

@@ -9,18 +9,23 @@
 //! of them are reported at once. `docs/configuration.md` is the reference.
 
 mod error;
+mod pool;
 pub mod values;
 
 use std::{
     collections::{BTreeMap, HashSet},
     net::SocketAddr,
     path::{Path, PathBuf},
+    time::Duration,
 };
 
 use serde::Deserialize;
 
 pub use error::{ConfigError, Problem};
 use error::{Seg, Source};
+pub use pool::{
+    Algorithm, BackendProtocol, BackendSpec, Health, HealthKind, Pool, PoolTimeouts, Queue, Sticky,
+};
 use values::{ConfigDuration, Listen, Ranged, RangedSize};
 
 /// Upper bound of every per-second rate axis. The XDP buckets keep time in
@@ -59,7 +64,7 @@ pub struct Config {
 
 /// `[global]`.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Global {
     /// Instance name: maps are pinned under `/sys/fs/bpf/lb/<instance>/` and
     /// only one `lb run` per name may run. Letters, digits, `-`, `_`; 1 to 64.
@@ -71,6 +76,10 @@ pub struct Global {
     /// Limits for the whole process; an absent axis is not limited here.
     #[serde(default)]
     pub limits: Limits,
+    /// On SIGTERM/SIGINT, how long in-flight requests and connections may
+    /// take to finish after `lb` stops accepting (default 30s).
+    #[serde(default = "default_drain")]
+    pub drain_timeout: ConfigDuration,
 }
 
 impl Default for Global {
@@ -79,8 +88,13 @@ impl Default for Global {
             instance: default_instance(),
             workers: Ranged(0),
             limits: Limits::default(),
+            drain_timeout: default_drain(),
         }
     }
+}
+
+fn default_drain() -> ConfigDuration {
+    ConfigDuration(Duration::from_secs(30))
 }
 
 fn default_instance() -> String {
@@ -245,53 +259,39 @@ pub struct Frontend {
     /// Limits for this frontend; an absent axis is not limited here.
     #[serde(default)]
     pub limits: Limits,
+    /// Client-side timeouts.
+    #[serde(default)]
+    pub timeouts: FrontendTimeouts,
 }
 
-/// Pool balancing algorithm.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Algorithm {
-    /// Smooth weighted round robin.
-    #[default]
-    Roundrobin,
-    /// Fewest active connections.
-    Leastconn,
-    /// Consistent hashing.
-    Maglev,
-}
-
-/// `[[pool]]`.
-#[derive(Debug, Clone, Deserialize)]
+/// `timeouts = { clientIdle, headerRead }` of a frontend.
+#[derive(Debug, Clone, Copy, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct Pool {
-    /// Unique name.
-    pub name: String,
-    /// The limit profile (a `[profile.NAME]`); absent: every axis at its
-    /// default.
-    #[serde(default)]
-    pub profile: Option<String>,
-    /// `roundrobin | leastconn | maglev`; default `roundrobin`.
-    #[serde(default)]
-    pub algorithm: Algorithm,
-    /// Backend addresses, `IP:PORT`.
-    #[serde(default)]
-    pub backends: Vec<Listen>,
-    /// The queue in front of `maxConn`.
-    #[serde(default)]
-    pub queue: Option<Queue>,
-    /// Health checks.
-    #[serde(default)]
-    pub health: Option<toml::Table>,
+pub struct FrontendTimeouts {
+    /// A client connection with no request in flight and no bytes arriving
+    /// for this long is closed (HTTP keep-alive, TCP idle); default 60s.
+    #[serde(default = "default_client_idle")]
+    pub client_idle: ConfigDuration,
+    /// HTTP: a request head not complete this long after its first byte is
+    /// answered with 408 and the connection closed; default 10s.
+    #[serde(default = "default_header_read")]
+    pub header_read: ConfigDuration,
 }
 
-/// `queue = { depth, timeout }`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Queue {
-    /// Waiters at most; 0 = no queue.
-    pub depth: Ranged<0, 1_000_000>,
-    /// Longest wait.
-    pub timeout: ConfigDuration,
+fn default_client_idle() -> ConfigDuration {
+    ConfigDuration(Duration::from_secs(60))
+}
+fn default_header_read() -> ConfigDuration {
+    ConfigDuration(Duration::from_secs(10))
+}
+
+impl Default for FrontendTimeouts {
+    fn default() -> Self {
+        Self {
+            client_idle: default_client_idle(),
+            header_read: default_header_read(),
+        }
+    }
 }
 
 /// The eight axes of a limit profile plus the handshake gate. In a
@@ -327,6 +327,8 @@ pub mod defaults {
     pub const MAX_CONN: u64 = 20_000;
     /// `maxConnRate`.
     pub const MAX_CONN_RATE: u64 = 10_000;
+    /// `maxRetries`.
+    pub const MAX_RETRIES: u64 = 3;
 }
 
 impl Limits {
@@ -334,6 +336,12 @@ impl Limits {
     #[must_use]
     pub fn profile_conn_rate(&self) -> u64 {
         self.max_conn_rate.map_or(defaults::MAX_CONN_RATE, |r| r.0)
+    }
+
+    /// `maxRetries` of a profile: its value or the default.
+    #[must_use]
+    pub fn profile_retries(&self) -> u64 {
+        self.max_retries.map_or(defaults::MAX_RETRIES, |r| r.0)
     }
 
     /// `maxConnRate` at the global or frontend level: 0 (off) when absent.
@@ -509,6 +517,7 @@ impl Config {
                     format!("`{}` is used by another pool; names must be unique", p.name),
                 );
             }
+            self.validate_pool(i, p, &mut problem);
             if let Some(prof) = &p.profile {
                 if !self.profile.contains_key(prof) {
                     problem(
@@ -536,6 +545,120 @@ impl Config {
         out.sort_by_key(|p| p.line);
         out
     }
+}
+
+impl Config {
+    /// What one pool needs checked beyond its own types.
+    fn validate_pool(
+        &self,
+        i: usize,
+        p: &Pool,
+        problem: &mut impl FnMut(&[Seg<'_>], String, String),
+    ) {
+        let at = |k| [Seg::Key("pool"), Seg::Index(i), Seg::Key(k)];
+        let mut seen = HashSet::new();
+        for (j, b) in p.backends.iter().enumerate() {
+            if !seen.insert(b.address()) {
+                problem(
+                    &[
+                        Seg::Key("pool"),
+                        Seg::Index(i),
+                        Seg::Key("backends"),
+                        Seg::Index(j),
+                    ],
+                    format!("pool[{i}].backends[{j}]"),
+                    format!(
+                        "`{}` is listed twice; each backend address once",
+                        b.address()
+                    ),
+                );
+            }
+        }
+        let size = p.maglev_table_size.0;
+        if !crate::pool::balance::is_prime(size) {
+            problem(
+                &at("maglevTableSize"),
+                format!("pool[{i}].maglevTableSize"),
+                format!("{size} is not prime; allowed: a prime in 7..=1000003, such as 65537"),
+            );
+        }
+        if let Some(h) = &p.hash_header {
+            if p.algorithm != Algorithm::Maglev {
+                problem(
+                    &at("hashHeader"),
+                    format!("pool[{i}].hashHeader"),
+                    "is used only with algorithm = \"maglev\"; remove it or set the algorithm"
+                        .into(),
+                );
+            }
+            if !is_token(h) {
+                problem(
+                    &at("hashHeader"),
+                    format!("pool[{i}].hashHeader"),
+                    format!(
+                        "`{h}` is not a header name; allowed: letters, digits and !#$%&'*+-.^_`|~"
+                    ),
+                );
+            }
+        }
+        if p.sticky == Sticky::Cookie {
+            if !is_token(&p.sticky_cookie) {
+                problem(
+                    &at("stickyCookie"),
+                    format!("pool[{i}].stickyCookie"),
+                    format!(
+                        "`{}` is not a cookie name; allowed: letters, digits and !#$%&'*+-.^_`|~",
+                        p.sticky_cookie
+                    ),
+                );
+            }
+            for f in self
+                .frontend
+                .iter()
+                .filter(|f| f.pool == p.name && f.mode == Mode::Tcp)
+            {
+                problem(
+                    &at("sticky"),
+                    format!("pool[{i}].sticky"),
+                    format!(
+                        "\"cookie\" needs HTTP but tcp frontend `{}` uses this pool; allowed there: \"source\" or \"none\"",
+                        f.name
+                    ),
+                );
+            }
+        }
+        if let Some(h) = &p.health {
+            if h.kind == HealthKind::Http && !h.path.starts_with('/') {
+                problem(
+                    &[
+                        Seg::Key("pool"),
+                        Seg::Index(i),
+                        Seg::Key("health"),
+                        Seg::Key("path"),
+                    ],
+                    format!("pool[{i}].health.path"),
+                    format!(
+                        "`{}` does not start with `/`; allowed: a path such as \"/healthz\"",
+                        h.path
+                    ),
+                );
+            }
+            if h.timeout.0.is_zero() || h.interval.0.is_zero() {
+                problem(
+                    &[Seg::Key("pool"), Seg::Index(i), Seg::Key("health")],
+                    format!("pool[{i}].health"),
+                    "interval and timeout must be above 0".into(),
+                );
+            }
+        }
+    }
+}
+
+/// Whether `s` is an HTTP token (header or cookie name).
+fn is_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
 fn one_of<'a>(names: impl Iterator<Item = &'a str>) -> String {

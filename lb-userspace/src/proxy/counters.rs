@@ -1,0 +1,161 @@
+//! The proxy's counters. Each worker owns one [`WorkerCounters`] and is its
+//! only writer, so an increment never contends across cores; readers (the
+//! admin API, `lb stats`) sum them.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+use serde::Serialize;
+
+/// Why a connection or request ended early; one counter each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Timeout {
+    /// A client connection idle past `clientIdle` (closed quietly).
+    ClientIdle,
+    /// A request head not complete within `headerRead` (408).
+    HeaderRead,
+    /// A backend connect past `connect` (retried; counted per attempt).
+    Connect,
+    /// A backend silent past `server` (504, or the connection ends).
+    Server,
+}
+
+/// Counters of one frontend on one worker.
+#[derive(Debug, Default)]
+pub struct FrontendCounters {
+    /// Connections accepted.
+    pub accepted: AtomicU64,
+    /// Connections open now (may go below zero transiently when summed
+    /// across workers mid-read; each worker's own value never does).
+    pub active: AtomicU64,
+    /// HTTP requests received (TCP: connections proxied).
+    pub requests: AtomicU64,
+    /// HTTP responses sent, by class 1xx..5xx.
+    pub responses: [AtomicU64; 5],
+    /// Backend connects retried on another backend.
+    pub retries: AtomicU64,
+    /// Refused at once: no healthy backend (HTTP 503, TCP close).
+    pub no_backend: AtomicU64,
+    /// Every backend try failed (HTTP 502, TCP close).
+    pub backend_failed: AtomicU64,
+    /// Timeouts by kind (see [`Timeout`]).
+    pub timeouts: [AtomicU64; 4],
+}
+
+impl FrontendCounters {
+    /// Counts a response status.
+    pub fn response(&self, status: u16) {
+        let class = usize::from(status / 100).clamp(1, 5) - 1;
+        self.responses[class].fetch_add(1, Relaxed);
+    }
+
+    /// Counts a timeout.
+    pub fn timeout(&self, kind: Timeout) {
+        self.timeouts[kind as usize].fetch_add(1, Relaxed);
+    }
+}
+
+/// Counters of one worker.
+#[derive(Debug)]
+pub struct WorkerCounters {
+    /// The CPU it is pinned to (None if pinning failed).
+    pub cpu: Option<usize>,
+    /// Connections accepted, all frontends.
+    pub accepted: AtomicU64,
+    /// Per frontend, in config order.
+    pub frontends: Vec<FrontendCounters>,
+}
+
+impl WorkerCounters {
+    /// Zeroed counters for `frontends` frontends.
+    #[must_use]
+    pub fn new(cpu: Option<usize>, frontends: usize) -> Self {
+        Self {
+            cpu,
+            accepted: AtomicU64::new(0),
+            frontends: (0..frontends)
+                .map(|_| FrontendCounters::default())
+                .collect(),
+        }
+    }
+}
+
+/// A frontend's counters summed over workers, as the API shows them.
+#[derive(Debug, Default, Serialize, Clone, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct FrontendTotals {
+    /// Connections accepted.
+    pub accepted: u64,
+    /// Connections open now.
+    pub active: u64,
+    /// Requests (TCP: connections proxied).
+    pub requests: u64,
+    /// Responses by class.
+    pub responses: ResponseClasses,
+    /// Backend connects retried.
+    pub retries: u64,
+    /// Refused with no healthy backend.
+    pub no_backend: u64,
+    /// Every backend try failed.
+    pub backend_failed: u64,
+    /// Timeouts by kind.
+    pub timeouts: TimeoutTotals,
+}
+
+/// Responses by status class.
+#[derive(Debug, Default, Serialize, Clone, PartialEq, Eq)]
+pub struct ResponseClasses {
+    /// 1xx.
+    #[serde(rename = "1xx")]
+    pub c1: u64,
+    /// 2xx.
+    #[serde(rename = "2xx")]
+    pub c2: u64,
+    /// 3xx.
+    #[serde(rename = "3xx")]
+    pub c3: u64,
+    /// 4xx.
+    #[serde(rename = "4xx")]
+    pub c4: u64,
+    /// 5xx.
+    #[serde(rename = "5xx")]
+    pub c5: u64,
+}
+
+/// Timeouts by kind.
+#[derive(Debug, Default, Serialize, Clone, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct TimeoutTotals {
+    /// `clientIdle`.
+    pub client_idle: u64,
+    /// `headerRead` (408).
+    pub header_read: u64,
+    /// Backend `connect`.
+    pub connect: u64,
+    /// Backend `server` (504).
+    pub server: u64,
+}
+
+/// Sums frontend `f` over workers.
+#[must_use]
+pub fn frontend_totals(workers: &[WorkerCounters], f: usize) -> FrontendTotals {
+    let mut t = FrontendTotals::default();
+    for c in workers.iter().filter_map(|w| w.frontends.get(f)) {
+        let r = |a: &AtomicU64| a.load(Relaxed);
+        t.accepted += r(&c.accepted);
+        t.active += r(&c.active);
+        t.requests += r(&c.requests);
+        t.responses.c1 += r(&c.responses[0]);
+        t.responses.c2 += r(&c.responses[1]);
+        t.responses.c3 += r(&c.responses[2]);
+        t.responses.c4 += r(&c.responses[3]);
+        t.responses.c5 += r(&c.responses[4]);
+        t.retries += r(&c.retries);
+        t.no_backend += r(&c.no_backend);
+        t.backend_failed += r(&c.backend_failed);
+        t.timeouts.client_idle += r(&c.timeouts[Timeout::ClientIdle as usize]);
+        t.timeouts.header_read += r(&c.timeouts[Timeout::HeaderRead as usize]);
+        t.timeouts.connect += r(&c.timeouts[Timeout::Connect as usize]);
+        t.timeouts.server += r(&c.timeouts[Timeout::Server as usize]);
+    }
+    t
+}

@@ -1,0 +1,638 @@
+//! `mode = "http"` frontends: HTTP/1.1 (keep-alive) and HTTP/2 (h2c with
+//! prior knowledge) from clients, proxied to the pool's backends over
+//! reusable connections ([`super::upstream`]).
+//!
+//! Per request: pick a backend (sticky cookie, then the algorithm), connect
+//! or reuse, send; a failed connect is retried on another backend up to
+//! the pool's `maxRetries`; a request already sent is retried only when it
+//! is idempotent, had no body, and no response byte came back. Bodies
+//! stream both ways. Each connection has a watchdog: a request head still
+//! incomplete after `headerRead` gets 408, a connection idle past
+//! `clientIdle` is closed (HTTP/2: GOAWAY).
+
+use std::{
+    convert::Infallible,
+    net::SocketAddr,
+    os::fd::AsRawFd as _,
+    pin::Pin,
+    rc::Rc,
+    sync::Arc,
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
+use http_body::{Body, Frame, SizeHint};
+use hyper::{body::Incoming, service::service_fn};
+use hyper_util::{rt::TokioIo, server::conn::auto};
+use tokio::{net::TcpStream, sync::watch, time::Sleep};
+
+use super::{
+    counters::Timeout,
+    headers,
+    io::{ConnState, InFlight, LocalExec, Tracked},
+    upstream::{ReqBody, Sender},
+    FrontendCtx,
+};
+use crate::{
+    config::{BackendProtocol, Sticky},
+    pool::{balance, ActiveGuard, PickKey, Pool},
+};
+
+/// The connection builder of a frontend (one per worker).
+#[must_use]
+pub fn builder() -> auto::Builder<LocalExec> {
+    let mut b = auto::Builder::new(LocalExec);
+    b.http1()
+        .keep_alive(true)
+        .half_close(false)
+        .header_read_timeout(None);
+    b
+}
+
+/// Serves one client connection until it closes, times out, or (after
+/// `stop`) drains.
+pub async fn serve(
+    stream: TcpStream,
+    peer: SocketAddr,
+    ctx: Rc<FrontendCtx>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let state = Rc::new(ConnState::default());
+    let fd = stream.as_raw_fd();
+    let io = TokioIo::new(Tracked::new(stream, Rc::clone(&state)));
+    let service = {
+        let ctx = Rc::clone(&ctx);
+        let state = Rc::clone(&state);
+        service_fn(move |req| {
+            let guard = state.begin();
+            handle(req, peer, Rc::clone(&ctx), guard)
+        })
+    };
+    let conn = ctx.http.serve_connection(io, service);
+    tokio::pin!(conn);
+    let t = &ctx.timeouts;
+    let tick = (t.client_idle.0.min(t.header_read.0) / 4)
+        .clamp(Duration::from_millis(10), Duration::from_secs(1));
+    let mut ticker = tokio::time::interval(tick);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut dog = Watchdog::default();
+    let mut draining = *stop.borrow();
+    if draining {
+        conn.as_mut().graceful_shutdown();
+    }
+    loop {
+        tokio::select! {
+            _ = conn.as_mut() => break,
+            _ = ticker.tick() => match dog.check(&state, tick, t.header_read.0, t.client_idle.0) {
+                Verdict::Fine => {}
+                Verdict::HeaderTimeout => {
+                    ctx.counters().timeout(Timeout::HeaderRead);
+                    if !state.h2.get() {
+                        ctx.counters().response(408);
+                        send_raw(fd, REQUEST_TIMEOUT);
+                    }
+                    break;
+                }
+                Verdict::Idle if !draining => {
+                    ctx.counters().timeout(Timeout::ClientIdle);
+                    conn.as_mut().graceful_shutdown();
+                    draining = true;
+                }
+                Verdict::Idle => {}
+            },
+            changed = stop.changed(), if !draining => {
+                if changed.is_err() || *stop.borrow() {
+                    conn.as_mut().graceful_shutdown();
+                    draining = true;
+                }
+            }
+        }
+    }
+}
+
+const REQUEST_TIMEOUT: &[u8] = b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain\r\n\
+content-length: 44\r\nconnection: close\r\n\r\nlb: the request head did not arrive in time\n";
+
+/// Writes a last answer straight to the socket the hyper connection still
+/// owns, without waiting: used only when that connection is given up.
+fn send_raw(fd: std::os::fd::RawFd, bytes: &[u8]) {
+    // SAFETY: `fd` belongs to the stream inside the connection future, which
+    // is alive (pinned in the caller's frame) for the whole call; send reads
+    // `bytes.len()` bytes from a valid slice.
+    unsafe {
+        libc::send(
+            fd,
+            bytes.as_ptr().cast(),
+            bytes.len(),
+            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+        );
+    }
+}
+
+/// What the watchdog decided on one tick.
+#[derive(Debug, PartialEq, Eq)]
+enum Verdict {
+    Fine,
+    HeaderTimeout,
+    Idle,
+}
+
+/// Samples a connection's [`ConnState`] each tick.
+#[derive(Debug, Default)]
+struct Watchdog {
+    last_in: u64,
+    last_started: u64,
+    partial: Duration,
+    quiet: Duration,
+}
+
+impl Watchdog {
+    fn check(
+        &mut self,
+        s: &ConnState,
+        tick: Duration,
+        header: Duration,
+        idle: Duration,
+    ) -> Verdict {
+        let bytes_in = s.bytes_in.get();
+        let started = s.started.get();
+        let moved = bytes_in != self.last_in || started != self.last_started;
+        self.last_in = bytes_in;
+        self.last_started = started;
+        if s.in_flight.get() > 0 {
+            self.partial = Duration::ZERO;
+            self.quiet = Duration::ZERO;
+            return Verdict::Fine;
+        }
+        if bytes_in > s.mark.get() && !s.h2.get() {
+            // Part of a request head is here: it must complete in time,
+            // however slowly its bytes trickle in.
+            self.partial += tick;
+            self.quiet = Duration::ZERO;
+            return if self.partial >= header {
+                Verdict::HeaderTimeout
+            } else {
+                Verdict::Fine
+            };
+        }
+        self.partial = Duration::ZERO;
+        if moved {
+            self.quiet = Duration::ZERO;
+            return Verdict::Fine;
+        }
+        self.quiet += tick;
+        if self.quiet >= idle {
+            Verdict::Idle
+        } else {
+            Verdict::Fine
+        }
+    }
+}
+
+async fn handle(
+    req: Request<Incoming>,
+    peer: SocketAddr,
+    ctx: Rc<FrontendCtx>,
+    in_flight: InFlight,
+) -> Result<Response<RespBody>, Infallible> {
+    let counters = ctx.counters();
+    counters
+        .requests
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let mut resp = proxy(req, peer, &ctx).await;
+    counters.response(resp.status().as_u16());
+    resp.body_mut().in_flight = Some(in_flight);
+    Ok(resp)
+}
+
+/// Methods that may be sent twice (RFC 9110 9.2.2).
+fn idempotent(m: &Method) -> bool {
+    matches!(
+        *m,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    )
+}
+
+async fn proxy(
+    req: Request<Incoming>,
+    peer: SocketAddr,
+    ctx: &Rc<FrontendCtx>,
+) -> Response<RespBody> {
+    use std::sync::atomic::Ordering::Relaxed;
+    let pool = &ctx.pool;
+    let settings = &pool.settings;
+    let counters = ctx.counters();
+    if !pool.any_up() {
+        counters.no_backend.fetch_add(1, Relaxed);
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no backend of the pool is up",
+        );
+    }
+    let (mut parts, body) = req.into_parts();
+    let key = PickKey {
+        source: peer.ip(),
+        header_hash: settings
+            .hash_header
+            .as_ref()
+            .and_then(|h| parts.headers.get(h))
+            .map(|v| balance::hash_bytes(v.as_bytes())),
+        cookie: (settings.sticky == Sticky::Cookie)
+            .then(|| sticky_cookie(&parts.headers, &settings.sticky_cookie))
+            .flatten()
+            .and_then(|id| pool.backend_by_id(id)),
+    };
+    prepare_request(&mut parts, peer, settings.protocol);
+    let replay = (idempotent(&parts.method) && body.is_end_stream()).then(|| {
+        let mut r = Request::new(());
+        *r.method_mut() = parts.method.clone();
+        *r.uri_mut() = parts.uri.clone();
+        *r.version_mut() = parts.version;
+        *r.headers_mut() = parts.headers.clone();
+        r
+    });
+    let mut req = Some(Request::from_parts(
+        parts,
+        if body.is_end_stream() {
+            ReqBody::Empty
+        } else {
+            ReqBody::Client(body)
+        },
+    ));
+    let mut tried: Vec<usize> = Vec::new();
+    let attempts = 1 + settings.max_retries as usize;
+    while tried.len() < attempts {
+        let Some(index) = pool.pick(&mut ctx.picker.borrow_mut(), &key, &tried) else {
+            break;
+        };
+        if !tried.is_empty() {
+            counters.retries.fetch_add(1, Relaxed);
+        }
+        tried.push(index);
+        let backend = &pool.backends[index];
+        let addr = backend.addr;
+        let guard = pool.track(index);
+        let sender = match ctx.upstreams.reuse(addr, settings.protocol) {
+            Some(s) => s,
+            None => match ctx
+                .upstreams
+                .connect(addr, settings.protocol, settings.connect_timeout)
+                .await
+            {
+                Ok(s) => s,
+                Err(e) => {
+                    backend.connect_errors.fetch_add(1, Relaxed);
+                    if matches!(e, super::upstream::ConnectError::Timeout(_)) {
+                        counters.timeout(Timeout::Connect);
+                    }
+                    tracing::debug!(pool = %pool.name, backend = %addr, error = %e, "backend connect failed");
+                    continue;
+                }
+            },
+        };
+        let Some(request) = req.take().or_else(|| replay.as_ref().map(clone_request)) else {
+            break;
+        };
+        match send(sender, request, settings.server_timeout).await {
+            Sent::Response(resp, h1) => {
+                return respond(resp, h1.map(|s| (s, addr)), guard, ctx, &key, index);
+            }
+            Sent::Unsent(request) => {
+                // The connection closed before taking the request: try again
+                // with the request intact.
+                req = Some(request);
+            }
+            Sent::TimedOut => {
+                counters.timeout(Timeout::Server);
+                return error(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "the backend did not answer in time",
+                );
+            }
+            Sent::Failed(e) => {
+                tracing::debug!(pool = %pool.name, backend = %addr, error = %e, "backend request failed");
+                if replay.is_none() {
+                    break;
+                }
+            }
+        }
+    }
+    counters.backend_failed.fetch_add(1, Relaxed);
+    if tried.is_empty() {
+        counters.no_backend.fetch_add(1, Relaxed);
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no backend of the pool is up",
+        );
+    }
+    error(StatusCode::BAD_GATEWAY, "no backend could be reached")
+}
+
+fn clone_request(r: &Request<()>) -> Request<ReqBody> {
+    let mut out = Request::new(ReqBody::Empty);
+    *out.method_mut() = r.method().clone();
+    *out.uri_mut() = r.uri().clone();
+    *out.version_mut() = r.version();
+    *out.headers_mut() = r.headers().clone();
+    out
+}
+
+/// Rewrites a client request for the backend: hop-by-hop headers out,
+/// forwarding headers in, the URI and version the backend protocol needs.
+fn prepare_request(parts: &mut http::request::Parts, peer: SocketAddr, protocol: BackendProtocol) {
+    headers::strip_hop_by_hop(&mut parts.headers);
+    // HTTP/2 clients send the authority in the URI, not a Host header.
+    let authority = parts
+        .uri
+        .authority()
+        .map(|a| a.as_str().to_owned())
+        .or_else(|| {
+            parts
+                .headers
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_owned)
+        });
+    if let Some(a) = &authority {
+        if !parts.headers.contains_key(header::HOST) {
+            if let Ok(v) = HeaderValue::from_str(a) {
+                parts.headers.insert(header::HOST, v);
+            }
+        }
+    }
+    headers::add_forwarded(&mut parts.headers, peer.ip(), "http");
+    let path = parts
+        .uri
+        .path_and_query()
+        .map_or("/", http::uri::PathAndQuery::as_str)
+        .to_owned();
+    match protocol {
+        BackendProtocol::Http1 => {
+            parts.version = Version::HTTP_11;
+            if let Ok(u) = path.parse::<Uri>() {
+                parts.uri = u;
+            }
+        }
+        BackendProtocol::H2 => {
+            parts.version = Version::HTTP_2;
+            let a = authority.unwrap_or_else(|| "localhost".into());
+            if let Ok(u) = format!("http://{a}{path}").parse::<Uri>() {
+                parts.uri = u;
+            }
+            parts.headers.remove(header::HOST);
+        }
+    }
+}
+
+/// The value of cookie `name`, if the request has it.
+fn sticky_cookie<'a>(headers: &'a http::HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.trim())
+}
+
+enum Sent {
+    Response(
+        Response<Incoming>,
+        Option<hyper::client::conn::http1::SendRequest<ReqBody>>,
+    ),
+    Unsent(Request<ReqBody>),
+    TimedOut,
+    Failed(hyper::Error),
+}
+
+async fn send(sender: Sender, req: Request<ReqBody>, timeout: Duration) -> Sent {
+    match sender {
+        Sender::H1(mut s) => match tokio::time::timeout(timeout, s.try_send_request(req)).await {
+            Err(_) => Sent::TimedOut,
+            Ok(Ok(resp)) => Sent::Response(resp, Some(s)),
+            Ok(Err(mut e)) => match e.take_message() {
+                Some(req) => Sent::Unsent(req),
+                None => Sent::Failed(e.into_error()),
+            },
+        },
+        Sender::H2(mut s) => match tokio::time::timeout(timeout, s.try_send_request(req)).await {
+            Err(_) => Sent::TimedOut,
+            Ok(Ok(resp)) => Sent::Response(resp, None),
+            Ok(Err(mut e)) => match e.take_message() {
+                Some(req) => Sent::Unsent(req),
+                None => Sent::Failed(e.into_error()),
+            },
+        },
+    }
+}
+
+fn respond(
+    resp: Response<Incoming>,
+    h1: Option<(hyper::client::conn::http1::SendRequest<ReqBody>, SocketAddr)>,
+    guard: ActiveGuard,
+    ctx: &Rc<FrontendCtx>,
+    key: &PickKey,
+    index: usize,
+) -> Response<RespBody> {
+    let (mut parts, body) = resp.into_parts();
+    headers::strip_hop_by_hop(&mut parts.headers);
+    let pool: &Arc<Pool> = &ctx.pool;
+    if pool.settings.sticky == Sticky::Cookie && key.cookie != Some(index) {
+        let cookie = format!(
+            "{}={}; Path=/; HttpOnly",
+            pool.settings.sticky_cookie, pool.backends[index].id
+        );
+        if let Ok(v) = HeaderValue::from_str(&cookie) {
+            parts.headers.append(header::SET_COOKIE, v);
+        }
+    }
+    let timeout = pool.settings.server_timeout;
+    let body = RespBody {
+        kind: Kind::Backend {
+            body,
+            idle: Box::pin(tokio::time::sleep(timeout)),
+            timeout,
+            reuse: h1.map(|(sender, addr)| (sender, addr, Rc::clone(ctx))),
+            _active: guard,
+        },
+        in_flight: None,
+    };
+    Response::from_parts(parts, body)
+}
+
+/// A generated answer.
+fn error(status: StatusCode, why: &str) -> Response<RespBody> {
+    let mut r = Response::new(RespBody {
+        kind: Kind::Full(Some(Bytes::from(format!("lb: {why}\n")))),
+        in_flight: None,
+    });
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    }
+    r
+}
+
+/// A response body: generated, or a backend's streamed through with an
+/// idle timeout. It holds the request's [`InFlight`] mark until it ends.
+pub struct RespBody {
+    kind: Kind,
+    in_flight: Option<InFlight>,
+}
+
+enum Kind {
+    Full(Option<Bytes>),
+    Backend {
+        body: Incoming,
+        idle: Pin<Box<Sleep>>,
+        timeout: Duration,
+        /// The HTTP/1.1 connection, returned to the idle list when the body
+        /// ends cleanly.
+        reuse: Option<(
+            hyper::client::conn::http1::SendRequest<ReqBody>,
+            SocketAddr,
+            Rc<FrontendCtx>,
+        )>,
+        _active: ActiveGuard,
+    },
+}
+
+impl Body for RespBody {
+    type Data = Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        match &mut self.get_mut().kind {
+            Kind::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+            Kind::Backend {
+                body,
+                idle,
+                timeout,
+                reuse,
+                ..
+            } => match Pin::new(&mut *body).poll_frame(cx) {
+                Poll::Ready(Some(Ok(f))) => {
+                    idle.as_mut().reset(tokio::time::Instant::now() + *timeout);
+                    Poll::Ready(Some(Ok(f)))
+                }
+                Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
+                Poll::Ready(None) => Poll::Ready(None),
+                Poll::Pending => match idle.as_mut().poll(cx) {
+                    Poll::Ready(()) => {
+                        if let Some((_, _, ctx)) = reuse {
+                            ctx.counters().timeout(Timeout::Server);
+                        }
+                        *reuse = None;
+                        Poll::Ready(Some(Err("the backend went silent mid-body".into())))
+                    }
+                    Poll::Pending => Poll::Pending,
+                },
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.kind {
+            Kind::Full(b) => b.is_none(),
+            Kind::Backend { body, .. } => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.kind {
+            Kind::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
+            Kind::Full(None) => SizeHint::with_exact(0),
+            Kind::Backend { body, .. } => body.size_hint(),
+        }
+    }
+}
+
+impl Drop for RespBody {
+    fn drop(&mut self) {
+        if let Kind::Backend { body, reuse, .. } = &mut self.kind {
+            if body.is_end_stream() {
+                if let Some((sender, addr, ctx)) = reuse.take() {
+                    ctx.upstreams.put_back(addr, sender);
+                }
+            }
+        }
+    }
+}
+
+use std::future::Future as _;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(bytes_in: u64, mark: u64, in_flight: u32) -> ConnState {
+        let s = ConnState::default();
+        s.bytes_in.set(bytes_in);
+        s.mark.set(mark);
+        s.in_flight.set(in_flight);
+        s
+    }
+
+    #[test]
+    fn watchdog_times_out_a_trickling_head_but_not_a_busy_or_idle_connection() {
+        let tick = Duration::from_millis(100);
+        let header = Duration::from_millis(300);
+        let idle = Duration::from_secs(10);
+        let mut dog = Watchdog::default();
+        // One byte per tick, never a complete head.
+        let verdicts: Vec<Verdict> = (1..=3)
+            .map(|n| dog.check(&state(n, 0, 0), tick, header, idle))
+            .collect();
+        assert_eq!(
+            verdicts,
+            [Verdict::Fine, Verdict::Fine, Verdict::HeaderTimeout]
+        );
+        // A request in flight is never timed out by the client side.
+        let mut dog = Watchdog::default();
+        for _ in 0..10 {
+            assert_eq!(
+                dog.check(&state(5, 0, 1), tick, header, idle),
+                Verdict::Fine
+            );
+        }
+    }
+
+    #[test]
+    fn watchdog_closes_an_idle_keep_alive_connection_after_client_idle() {
+        let tick = Duration::from_millis(100);
+        let mut dog = Watchdog::default();
+        let s = state(50, 50, 0);
+        let mut n = 0;
+        while dog.check(
+            &s,
+            tick,
+            Duration::from_secs(10),
+            Duration::from_millis(500),
+        ) == Verdict::Fine
+        {
+            n += 1;
+            assert!(n < 100);
+        }
+        assert_eq!(n, 5, "first tick sees movement, then five quiet ticks");
+    }
+
+    #[test]
+    fn the_sticky_cookie_is_found_among_others() {
+        let mut h = http::HeaderMap::new();
+        h.append(
+            header::COOKIE,
+            HeaderValue::from_static("a=1; lb_backend=00ff; b=2"),
+        );
+        assert_eq!(sticky_cookie(&h, "lb_backend"), Some("00ff"));
+        assert_eq!(sticky_cookie(&h, "c"), None);
+    }
+}

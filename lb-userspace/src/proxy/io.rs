@@ -1,0 +1,147 @@
+//! What every client connection carries: a byte-counting stream wrapper
+//! ([`Tracked`]) that the connection's watchdog reads to tell an idle
+//! client from a slow request head, and [`LocalExec`], which runs hyper's
+//! background tasks on the worker's own thread.
+
+use std::{
+    cell::Cell,
+    future::Future,
+    io,
+    pin::Pin,
+    rc::Rc,
+    task::{Context, Poll},
+};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// What the watchdog of one client connection looks at. Single-threaded
+/// (the worker's), so plain cells.
+#[derive(Debug, Default)]
+pub struct ConnState {
+    /// Bytes read from the client so far.
+    pub bytes_in: Cell<u64>,
+    /// Bytes written to the client so far.
+    pub bytes_out: Cell<u64>,
+    /// `bytes_in` when the last request head completed or the last
+    /// response ended: more than this, with nothing in flight, is the start
+    /// of a request head still arriving.
+    pub mark: Cell<u64>,
+    /// Requests being handled now.
+    pub in_flight: Cell<u32>,
+    /// Requests started on this connection.
+    pub started: Cell<u64>,
+    /// The client opened with the HTTP/2 preface.
+    pub h2: Cell<bool>,
+}
+
+impl ConnState {
+    /// A request head is complete: it is in flight until the guard drops
+    /// (when its response body ends or is abandoned).
+    #[must_use]
+    pub fn begin(self: &Rc<Self>) -> InFlight {
+        self.in_flight.set(self.in_flight.get() + 1);
+        self.started.set(self.started.get() + 1);
+        self.mark.set(self.bytes_in.get());
+        InFlight(Rc::clone(self))
+    }
+}
+
+/// One request in flight on a client connection.
+#[derive(Debug)]
+pub struct InFlight(Rc<ConnState>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let s = &self.0;
+        s.in_flight.set(s.in_flight.get().saturating_sub(1));
+        s.mark.set(s.bytes_in.get());
+    }
+}
+
+/// A stream that counts its bytes into a [`ConnState`].
+#[derive(Debug)]
+pub struct Tracked<S> {
+    inner: S,
+    state: Rc<ConnState>,
+}
+
+impl<S> Tracked<S> {
+    /// Wraps a stream.
+    pub fn new(inner: S, state: Rc<ConnState>) -> Self {
+        Self { inner, state }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Tracked<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        let n = buf.filled().len() - before;
+        if n > 0 {
+            let s = &self.state;
+            if s.bytes_in.get() == 0 && buf.filled()[before..].starts_with(b"PRI * HTTP/2") {
+                s.h2.set(true);
+            }
+            s.bytes_in.set(s.bytes_in.get() + n as u64);
+        }
+        r
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Tracked<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = r {
+            let s = &self.state;
+            s.bytes_out.set(s.bytes_out.get() + n as u64);
+        }
+        r
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if let Poll::Ready(Ok(n)) = r {
+            let s = &self.state;
+            s.bytes_out.set(s.bytes_out.get() + n as u64);
+        }
+        r
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// Runs hyper's background futures (HTTP/2 streams, client connections)
+/// on the current worker's `LocalSet`: they never leave its CPU.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LocalExec;
+
+impl<F> hyper::rt::Executor<F> for LocalExec
+where
+    F: Future + 'static,
+{
+    fn execute(&self, fut: F) {
+        tokio::task::spawn_local(fut);
+    }
+}

@@ -1,0 +1,102 @@
+//! `mode = "tcp"` frontends: each client connection is spliced to one
+//! backend connection. A failed connect is retried on another backend up to
+//! the pool's `maxRetries`; then the client is closed. Data is copied both
+//! ways; when one side ends its stream, the other side's write half is shut
+//! down (half-close), and the connection ends when both have. A connection
+//! with no bytes either way for `clientIdle` is closed.
+
+use std::{net::SocketAddr, rc::Rc, sync::atomic::Ordering::Relaxed, time::Duration};
+
+use tokio::net::TcpStream;
+
+use super::{
+    counters::Timeout,
+    io::{ConnState, Tracked},
+    FrontendCtx,
+};
+use crate::pool::PickKey;
+
+/// Copy buffer per direction.
+const BUFFER: usize = 64 * 1024;
+
+/// Proxies one client connection.
+pub async fn serve(client: TcpStream, peer: SocketAddr, ctx: Rc<FrontendCtx>) {
+    let counters = ctx.counters();
+    counters.requests.fetch_add(1, Relaxed);
+    let pool = &ctx.pool;
+    if !pool.any_up() {
+        counters.no_backend.fetch_add(1, Relaxed);
+        return;
+    }
+    let key = PickKey {
+        source: peer.ip(),
+        header_hash: None,
+        cookie: None,
+    };
+    let settings = &pool.settings;
+    let attempts = 1 + settings.max_retries as usize;
+    let mut tried = Vec::new();
+    let mut connected = None;
+    while tried.len() < attempts {
+        let Some(index) = pool.pick(&mut ctx.picker.borrow_mut(), &key, &tried) else {
+            break;
+        };
+        if !tried.is_empty() {
+            counters.retries.fetch_add(1, Relaxed);
+        }
+        tried.push(index);
+        let backend = &pool.backends[index];
+        let guard = pool.track(index);
+        match tokio::time::timeout(settings.connect_timeout, TcpStream::connect(backend.addr)).await
+        {
+            Ok(Ok(s)) => {
+                connected = Some((s, guard));
+                break;
+            }
+            Ok(Err(e)) => {
+                backend.connect_errors.fetch_add(1, Relaxed);
+                tracing::debug!(pool = %pool.name, backend = %backend.addr, error = %e, "backend connect failed");
+            }
+            Err(_) => {
+                backend.connect_errors.fetch_add(1, Relaxed);
+                counters.timeout(Timeout::Connect);
+            }
+        }
+    }
+    let Some((server, _guard)) = connected else {
+        counters.backend_failed.fetch_add(1, Relaxed);
+        if tried.is_empty() {
+            counters.no_backend.fetch_add(1, Relaxed);
+        }
+        return;
+    };
+    let _ = server.set_nodelay(true);
+    let activity = Rc::new(ConnState::default());
+    let mut client = Tracked::new(client, Rc::clone(&activity));
+    let mut server = Tracked::new(server, Rc::clone(&activity));
+    let idle = ctx.timeouts.client_idle.0;
+    let tick = (idle / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
+    let copy = tokio::io::copy_bidirectional_with_sizes(&mut client, &mut server, BUFFER, BUFFER);
+    tokio::pin!(copy);
+    let mut ticker = tokio::time::interval(tick);
+    let mut last = (0, 0);
+    let mut quiet = Duration::ZERO;
+    loop {
+        tokio::select! {
+            _ = copy.as_mut() => break,
+            _ = ticker.tick() => {
+                let now = (activity.bytes_in.get(), activity.bytes_out.get());
+                if now == last {
+                    quiet += tick;
+                    if quiet >= idle {
+                        counters.timeout(Timeout::ClientIdle);
+                        break;
+                    }
+                } else {
+                    quiet = Duration::ZERO;
+                    last = now;
+                }
+            }
+        }
+    }
+}

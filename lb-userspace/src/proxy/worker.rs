@@ -1,0 +1,173 @@
+//! A proxy worker: one thread pinned to one CPU, running its own
+//! current-thread tokio runtime with a `LocalSet`, accepting on its own
+//! socket of each frontend's `SO_REUSEPORT` group. Everything a connection
+//! touches on the hot path (round robin state, idle backend connections,
+//! counters) belongs to this worker alone.
+
+use std::{
+    cell::{Cell, RefCell},
+    rc::Rc,
+    sync::{atomic::Ordering::Relaxed, Arc},
+    time::Duration,
+};
+
+use tokio::{net::TcpListener, sync::watch, task::LocalSet};
+use tracing::{info, warn};
+
+use super::{http, listen, tcp, upstream::Upstreams, FrontendCtx, Shared};
+use crate::config::Mode;
+
+/// What one worker is given at start.
+pub struct Plan {
+    /// Its index (= its socket's index in every reuseport group).
+    pub index: usize,
+    /// The CPU to pin to.
+    pub cpu: Option<usize>,
+    /// Its listening socket of each frontend, in frontend order.
+    pub listeners: Vec<std::net::TcpListener>,
+}
+
+/// Runs a worker on the calling thread until `stop` turns true and its
+/// connections drain (or `drain` passes).
+pub fn run(plan: Plan, shared: Arc<Shared>, stop: watch::Receiver<bool>, drain: Duration) {
+    if let Some(cpu) = plan.cpu {
+        if let Err(e) = listen::pin_to_cpu(cpu) {
+            warn!(worker = plan.index, cpu, error = %e, "could not pin the worker to its CPU");
+        }
+    }
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            warn!(worker = plan.index, error = %e, "could not start the worker's runtime");
+            return;
+        }
+    };
+    let local = LocalSet::new();
+    local.block_on(&rt, serve(plan, shared, stop, drain));
+}
+
+/// Open client connections of one worker, and a wake-up when the last ends.
+#[derive(Default)]
+struct Open {
+    count: Cell<usize>,
+    empty: tokio::sync::Notify,
+}
+
+struct OpenGuard(Rc<Open>);
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        let n = self.0.count.get().saturating_sub(1);
+        self.0.count.set(n);
+        if n == 0 {
+            self.0.empty.notify_waiters();
+        }
+    }
+}
+
+async fn serve(plan: Plan, shared: Arc<Shared>, mut stop: watch::Receiver<bool>, drain: Duration) {
+    let upstreams = Rc::new(Upstreams::default());
+    let open = Rc::new(Open::default());
+    let mut accepting = Vec::new();
+    for (f, std_listener) in plan.listeners.into_iter().enumerate() {
+        let listener = match TcpListener::from_std(std_listener) {
+            Ok(l) => l,
+            Err(e) => {
+                warn!(worker = plan.index, error = %e, "could not register a listening socket");
+                continue;
+            }
+        };
+        let fe = &shared.frontends[f];
+        let pool = Arc::clone(&shared.pools[fe.pool]);
+        let ctx = Rc::new(FrontendCtx {
+            shared: Arc::clone(&shared),
+            worker: plan.index,
+            index: f,
+            picker: RefCell::new(pool.picker()),
+            pool,
+            upstreams: Rc::clone(&upstreams),
+            timeouts: fe.timeouts,
+            http: http::builder(),
+        });
+        accepting.push(tokio::task::spawn_local(accept_loop(
+            listener,
+            ctx,
+            stop.clone(),
+            Rc::clone(&open),
+        )));
+    }
+    while !*stop.borrow_and_update() {
+        if stop.changed().await.is_err() {
+            break;
+        }
+    }
+    for a in &accepting {
+        a.abort();
+    }
+    for a in accepting {
+        let _ = a.await;
+    }
+    let left = open.count.get();
+    if left > 0 {
+        info!(worker = plan.index, connections = left, "draining");
+        let drained = tokio::time::timeout(drain, async {
+            while open.count.get() > 0 {
+                open.empty.notified().await;
+            }
+        })
+        .await;
+        if drained.is_err() {
+            warn!(
+                worker = plan.index,
+                connections = open.count.get(),
+                "drain timeout: closing the connections left"
+            );
+        }
+    }
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    ctx: Rc<FrontendCtx>,
+    stop: watch::Receiver<bool>,
+    open: Rc<Open>,
+) {
+    let counters = &ctx.shared.workers[ctx.worker];
+    let mode = ctx.shared.frontends[ctx.index].mode;
+    let mut last_error_log: Option<std::time::Instant> = None;
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                // Out of descriptors or memory: say so (at most once a
+                // second), back off briefly, keep the listener.
+                if last_error_log.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+                    warn!(frontend = %ctx.shared.frontends[ctx.index].name, error = %e, "accept failed");
+                    last_error_log = Some(std::time::Instant::now());
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        counters.accepted.fetch_add(1, Relaxed);
+        let fc = ctx.counters();
+        fc.accepted.fetch_add(1, Relaxed);
+        fc.active.fetch_add(1, Relaxed);
+        let _ = stream.set_nodelay(true);
+        open.count.set(open.count.get() + 1);
+        let guard = OpenGuard(Rc::clone(&open));
+        let ctx = Rc::clone(&ctx);
+        let stop = stop.clone();
+        tokio::task::spawn_local(async move {
+            match mode {
+                Mode::Http => http::serve(stream, peer, Rc::clone(&ctx), stop).await,
+                Mode::Tcp => tcp::serve(stream, peer, Rc::clone(&ctx)).await,
+            }
+            ctx.counters().active.fetch_sub(1, Relaxed);
+            drop(guard);
+        });
+    }
+}
