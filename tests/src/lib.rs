@@ -4,6 +4,8 @@
 //! Everything that creates kernel state (a namespace, a veth, a process) is an
 //! RAII guard that removes it on drop, also when a test fails.
 
+pub mod backend;
+pub mod client;
 pub mod harness;
 pub mod lb;
 pub mod netns;

@@ -6,7 +6,9 @@
 //! - apt: `llvm-22-dev`, `libpolly-22-dev` (bpf-linker links LLVM 22, the LLVM
 //!   of the nightly toolchain), `bpftool` (map dumps, prog runs), `hping3`
 //!   (SYN floods), `iproute2` (namespaces), `nftables` (counting SYNs that
-//!   reach the stack, and the benchmark's peers), `curl`;
+//!   reach the stack, and the benchmark's peers), `curl`, `h2load`
+//!   (nghttp2-client) and `wrk` (proxy tests and benchmarks), `nginx-light`
+//!   and `haproxy` (benchmark peers; their services are not started);
 //! - `rust-src` for the nightly toolchain (`-Z build-std=core`);
 //! - `bpf-linker`, built with LLVM 22.
 
@@ -25,6 +27,11 @@ const APT: &[(&str, &str)] = &[
     ("nftables", "/usr/sbin/nft"),
     ("curl", "/usr/bin/curl"),
     ("util-linux", "/usr/bin/nsenter"),
+    // Real clients and peers of the proxy tests and benchmarks.
+    ("nghttp2-client", "/usr/bin/h2load"),
+    ("wrk", "/usr/bin/wrk"),
+    ("nginx-light", "/usr/sbin/nginx"),
+    ("haproxy", "/usr/sbin/haproxy"),
 ];
 
 fn quiet(cmd: &mut Command) -> Result<bool> {
@@ -60,13 +67,31 @@ fn apt() -> Result<()> {
         "apt-get update",
         Command::new("apt-get").args(["update", "-q"]),
     )?;
-    step(
+    // Packages such as nginx and haproxy start a system service when
+    // installed; a policy-rc.d that says "no" keeps them stopped (tests and
+    // benchmarks start their own, on their own addresses).
+    let policy = std::path::Path::new("/usr/sbin/policy-rc.d");
+    let ours = !policy.exists();
+    if ours {
+        std::fs::write(
+            policy,
+            "#!/bin/sh\n# written by cargo xtask setup during apt-get install\nexit 101\n",
+        )
+        .context("writing /usr/sbin/policy-rc.d")?;
+        std::fs::set_permissions(policy, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .context("chmod /usr/sbin/policy-rc.d")?;
+    }
+    let installed = step(
         &format!("apt-get install {}", missing.join(" ")),
         Command::new("apt-get")
             .env("DEBIAN_FRONTEND", "noninteractive")
-            .args(["install", "-y", "-q"])
+            .args(["install", "-y", "-q", "--no-install-recommends"])
             .args(&missing),
-    )
+    );
+    if ours {
+        let _ = std::fs::remove_file(policy);
+    }
+    installed
 }
 
 fn rust_src() -> Result<()> {

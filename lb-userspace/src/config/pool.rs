@@ -173,9 +173,10 @@ pub struct PoolTimeouts {
     /// failed connect and is retried on another backend.
     #[serde(default = "default_connect")]
     pub connect: ConfigDuration,
-    /// Longest silence from a backend: waiting for the response head (then
-    /// HTTP 504) or between body bytes or TCP data (then the connection
-    /// ends). Default 60s.
+    /// HTTP: longest silence from a backend, waiting for the response head
+    /// (then 504) or between body bytes (then the connection ends). TCP
+    /// connections end on the frontend's `clientIdle` (no bytes either way)
+    /// instead. Default 60s.
     #[serde(default = "default_server")]
     pub server: ConfigDuration,
 }
