@@ -2,13 +2,15 @@
 //! namespaces made here and removed on exit (also on Ctrl-C or failure).
 //!
 //! A client namespace holds a legitimate client (198.18.0.3) and a flooder
-//! (198.18.0.2); the lb namespace holds the VIP 198.18.0.1:80 with a real
-//! listener, and `lb` attached in native XDP mode to its veth. The demo runs
-//! normal traffic, a single-source SYN flood, then a spoofed-source flood, and
-//! prints after each what `lb` refused, by which level, from its pinned maps.
+//! (198.18.0.2); the lb namespace holds the VIP 198.18.0.1:80, `lb` attached
+//! in native XDP mode to its veth and proxying the VIP to two real HTTP
+//! backends (198.18.0.1:9001 and :9002). The demo runs normal traffic (real
+//! HTTP requests with curl), a single-source SYN flood while the client keeps
+//! making requests, then a spoofed-source flood, and prints after each what
+//! `lb` refused, by which level, from its pinned maps, and which backends
+//! served the requests.
 
 use std::{
-    net::SocketAddr,
     process::{Command, Stdio},
     sync::{
         atomic::{AtomicBool, Ordering},
@@ -19,9 +21,10 @@ use std::{
 
 use anyhow::{bail, Context as _, Result};
 use lb_tests::{
-    connect_from,
+    backend::HttpBackend,
+    client::curl_in,
     lb::{lb_bin, Lb},
-    netns::{cmd_in, run_in, Listener, Topology},
+    netns::{cmd_in, Topology},
 };
 
 const VIP: &str = "198.18.0.1";
@@ -49,6 +52,8 @@ pool = "api"
 [[pool]]
 name = "api"
 profile = "demo"
+backends = ["{VIP}:9001", "{VIP}:9002"]
+health = {{ kind = "http", path = "/health", interval = "1s" }}
 
 [profile.demo]
 maxConnRate = 1000       # SYN/s to the pool, all sources together
@@ -95,16 +100,26 @@ fn delta(now: &serde_json::Value, before: &serde_json::Value, key: &str) -> u64 
     now[key].as_u64().unwrap_or(0) - before[key].as_u64().unwrap_or(0)
 }
 
-fn connections(n: u32) -> (u32, u32) {
-    let vip: SocketAddr = format!("{VIP}:80").parse().expect("constant address");
+/// `n` HTTP requests with curl from the client address, each on a new
+/// connection; prints how many got 200 within a second, and from whom.
+fn requests(client_ns: &str, n: u32) -> Result<()> {
+    let url = format!("http://{VIP}/");
     let mut ok = 0;
+    let mut by_backend = std::collections::BTreeMap::<String, u32>::new();
     for _ in 0..n {
-        if connect_from(CLIENT, vip).is_ok_and(|d| d < Duration::from_millis(900)) {
+        let r = curl_in(
+            Some(client_ns),
+            &url,
+            &["--interface", CLIENT, "--max-time", "1"],
+        )?;
+        if r.status == 200 {
             ok += 1;
+            *by_backend.entry(r.backend().to_owned()).or_default() += 1;
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    (ok, n)
+    println!("{ok}/{n} requests answered 200 within 1 s; served by {by_backend:?}");
+    Ok(())
 }
 
 fn step(title: &str) {
@@ -149,19 +164,23 @@ fn main() -> Result<()> {
         lb.pid()
     );
 
-    // A real listener behind the VIP, in the lb namespace.
-    let vip: SocketAddr = format!("{VIP}:80").parse()?;
-    let server = Listener::spawn(lbns.name(), vip)?;
-    // Connections are made from the client namespace, on a thread of its own.
-    let in_client = |f: fn() -> Result<()>| run_in(client.name(), f);
+    // Two real HTTP backends behind the VIP, in the lb namespace.
+    let backends = [
+        HttpBackend::start(
+            "backend-1",
+            format!("{VIP}:9001").parse()?,
+            Some(lbns.name()),
+        )?,
+        HttpBackend::start(
+            "backend-2",
+            format!("{VIP}:9002").parse()?,
+            Some(lbns.name()),
+        )?,
+    ];
 
     check()?;
-    step("1. normal traffic: 20 connections from the client");
-    in_client(|| {
-        let (ok, n) = connections(20);
-        println!("{ok}/{n} connected at once");
-        Ok(())
-    })?;
+    step("1. normal traffic: 20 HTTP requests from the client through lb");
+    requests(client.name(), 20)?;
     println!("{}", stats()?);
 
     let before = vip_json()?;
@@ -170,11 +189,8 @@ fn main() -> Result<()> {
     let flood_ns = client.name().to_owned();
     let flooder = std::thread::spawn(move || flood(&flood_ns, &["-a", FLOODER], 30_000));
     std::thread::sleep(Duration::from_millis(500));
-    in_client(|| {
-        let (ok, n) = connections(20);
-        println!("client during the flood: {ok}/{n} connected at once");
-        Ok(())
-    })?;
+    print!("client during the flood: ");
+    requests(client.name(), 20)?;
     flooder
         .join()
         .map_err(|_| anyhow::anyhow!("flood thread panicked"))??;
@@ -218,8 +234,12 @@ fn main() -> Result<()> {
     }
 
     step("cleanup");
-    println!("the listener accepted {} connections", server.accepted());
-    drop(server);
+    println!(
+        "the backends served {} and {} requests",
+        backends[0].requests(),
+        backends[1].requests()
+    );
+    drop(backends);
     let code = lb.stop(libc::SIGTERM)?;
     println!("lb exited ({code:?}); XDP detached, pins removed; namespaces go next");
     let _ = std::fs::remove_dir_all(&dir);
