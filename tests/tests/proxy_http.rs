@@ -636,3 +636,140 @@ backends = ["{}"]
     let load = h2load(&url, &["--h1", "-n", "500", "-c", "5"]).expect("h2load");
     assert_eq!((load.succeeded, load.status_2xx), (500, 500), "{load:?}");
 }
+
+#[test]
+fn each_connection_is_accepted_by_the_worker_on_the_cpu_that_received_it() {
+    let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+    if cpus < 2 {
+        eprintln!("SKIPPED: one CPU, nothing to steer between");
+        return;
+    }
+    let b = backends(&["a"]);
+    let port = free_addr("127.0.0.1");
+    let s = start(
+        &format!(
+            r#"[[frontend]]
+name = "web"
+listen = "{port}"
+pool = "p"
+[[pool]]
+name = "p"
+backends = ["{}"]
+"#,
+            b[0].addr
+        )
+        .replace("[xdp]", "[global.limits]\n[xdp]"),
+    );
+    let accepted = || -> Vec<u64> {
+        status(s.admin).expect("status")["workers"]
+            .as_array()
+            .expect("workers")
+            .iter()
+            .map(|w| w["accepted"].as_u64().unwrap_or(0))
+            .collect()
+    };
+    assert_eq!(accepted().len(), cpus, "one worker per CPU by default");
+    for cpu in [0, 1, 0] {
+        let before = accepted();
+        // On loopback the SYN is received on the sender's CPU.
+        for _ in 0..10 {
+            let out = std::process::Command::new("taskset")
+                .args(["-c", &cpu.to_string(), "curl", "-s", "-o", "/dev/null"])
+                .arg(format!("http://{port}/"))
+                .status()
+                .expect("taskset curl");
+            assert!(out.success());
+        }
+        let after = accepted();
+        let delta: Vec<u64> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
+        let mut expected = vec![0; cpus];
+        expected[cpu] = 10;
+        assert_eq!(
+            delta, expected,
+            "connections made on CPU {cpu} went to these workers"
+        );
+    }
+}
+
+/// A listening socket whose accept queue is full: SYNs to it are dropped,
+/// so a connect to it hangs (as to a host that went silent).
+struct Blackhole {
+    fd: i32,
+    addr: SocketAddr,
+    _filler: TcpStream,
+}
+
+impl Blackhole {
+    fn new() -> Self {
+        // SAFETY: plain socket calls on a fresh fd with a valid sockaddr.
+        unsafe {
+            let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
+            assert!(fd >= 0);
+            let mut sa: libc::sockaddr_in = std::mem::zeroed();
+            sa.sin_family = libc::AF_INET as u16;
+            sa.sin_addr.s_addr = u32::from_ne_bytes([127, 0, 0, 1]);
+            let len = std::mem::size_of::<libc::sockaddr_in>() as u32;
+            assert_eq!(libc::bind(fd, std::ptr::from_ref(&sa).cast(), len), 0);
+            assert_eq!(libc::listen(fd, 0), 0);
+            let mut len2 = len;
+            libc::getsockname(fd, std::ptr::from_mut(&mut sa).cast(), &raw mut len2);
+            let addr = SocketAddr::from(([127, 0, 0, 1], u16::from_be(sa.sin_port)));
+            // One connection fills a backlog of 0; later SYNs are dropped.
+            let filler = TcpStream::connect(addr).expect("filler");
+            Self {
+                fd,
+                addr,
+                _filler: filler,
+            }
+        }
+    }
+}
+
+impl Drop for Blackhole {
+    fn drop(&mut self) {
+        // SAFETY: our own fd.
+        unsafe { libc::close(self.fd) };
+    }
+}
+
+#[test]
+fn a_backend_that_never_answers_the_connect_times_out_and_is_retried() {
+    let hole = Blackhole::new();
+    let b = backends(&["live"]);
+    let (p1, p2) = (free_addr("127.0.0.1"), free_addr("127.0.0.1"));
+    let s = start(&format!(
+        r#"[[frontend]]
+name = "web"
+listen = "{p1}"
+pool = "p"
+[[frontend]]
+name = "only-hole"
+listen = "{p2}"
+pool = "hole"
+[[pool]]
+name = "p"
+backends = ["{}", "{}"]
+timeouts = {{ connect = "300ms" }}
+[[pool]]
+name = "hole"
+backends = ["{}"]
+timeouts = {{ connect = "300ms" }}
+"#,
+        hole.addr, b[0].addr, hole.addr
+    ));
+    for _ in 0..4 {
+        let r = curl(&format!("http://{p1}/"), &[]).expect("curl");
+        assert_eq!((r.status, r.backend()), (200, "live"), "{r:?}");
+    }
+    let f = frontend_status(s.admin, "web");
+    assert!(f["timeouts"]["connect"].as_u64() >= Some(1), "{f}");
+    assert!(f["retries"].as_u64() >= Some(1), "{f}");
+    // Nowhere else to go: 502 after the tries, each bounded by `connect`.
+    let r = curl(&format!("http://{p2}/"), &[]).expect("curl");
+    assert_eq!(r.status, 502, "{r:?}");
+    let g = frontend_status(s.admin, "only-hole");
+    assert_eq!(
+        g["timeouts"]["connect"], 4,
+        "1 try + 3 retries (maxRetries default): {g}"
+    );
+}

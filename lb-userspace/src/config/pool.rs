@@ -49,13 +49,37 @@ pub enum Sticky {
 }
 
 /// One backend: `"IP:PORT"` or `{ address = "IP:PORT", weight = 3 }`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(untagged)]
+#[derive(Debug, Clone)]
 pub enum BackendSpec {
     /// Weight 1.
     Address(Listen),
     /// With a weight.
     Weighted(WeightedBackend),
+}
+
+// By hand rather than `#[serde(untagged)]`, so an error inside the table
+// (a weight out of range, an unknown key) reaches the user as itself.
+impl<'de> Deserialize<'de> for BackendSpec {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = BackendSpec;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("\"IP:PORT\" or { address = \"IP:PORT\", weight = N }")
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<BackendSpec, E> {
+                s.parse().map(BackendSpec::Address).map_err(E::custom)
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                m: A,
+            ) -> Result<BackendSpec, A::Error> {
+                WeightedBackend::deserialize(serde::de::value::MapAccessDeserializer::new(m))
+                    .map(BackendSpec::Weighted)
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 /// `{ address, weight }`.

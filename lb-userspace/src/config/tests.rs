@@ -162,3 +162,56 @@ fn syntax_errors_have_a_line() {
     let msg = one_problem("[global\ninstance = 1");
     assert!(msg.starts_with("lb.toml:1:"), "{msg}");
 }
+
+#[test]
+fn pool_checks_name_the_key_the_value_and_what_is_allowed() {
+    let text = GOOD.replace(
+        "backends = [\"127.0.0.1:9000\"]",
+        "backends = [\"127.0.0.1:9000\", { address = \"127.0.0.1:9000\", weight = 2 }]\n\
+         maglevTableSize = 65536\nhashHeader = \"x user\"\nsticky = \"cookie\"\n\
+         health = { kind = \"http\", path = \"healthz\" }",
+    );
+    let p = problems(&text);
+    let has = |needle: &str| p.iter().any(|m| m.contains(needle));
+    assert!(
+        has("pool[0].backends[1]: `127.0.0.1:9000` is listed twice"),
+        "{p:?}"
+    );
+    assert!(has("pool[0].maglevTableSize: 65536 is not prime"), "{p:?}");
+    assert!(
+        has("pool[0].hashHeader: is used only with algorithm = \"maglev\""),
+        "{p:?}"
+    );
+    assert!(
+        has("pool[0].hashHeader: `x user` is not a header name"),
+        "{p:?}"
+    );
+    assert!(
+        has("pool[0].sticky: \"cookie\" needs HTTP but tcp frontend `web6`"),
+        "{p:?}"
+    );
+    assert!(
+        has("pool[0].health.path: `healthz` does not start with `/`"),
+        "{p:?}"
+    );
+    assert!(
+        p.iter().all(|m| m.starts_with("lb.toml:")),
+        "every problem has a line: {p:?}"
+    );
+    assert_eq!(p.len(), 6, "{p:?}");
+}
+
+#[test]
+fn weights_and_health_values_are_range_checked() {
+    let text = GOOD.replace(
+        "backends = [\"127.0.0.1:9000\"]",
+        "backends = [{ address = \"127.0.0.1:9000\", weight = 5000 }]",
+    );
+    assert!(one_problem(&text).contains("5000 is out of range; allowed 0..=1000"));
+    let text = GOOD.replace(
+        "backends = [\"127.0.0.1:9000\"]",
+        "backends = [\"127.0.0.1:9000\"]\nhealth = { kind = \"udp\" }",
+    );
+    let msg = one_problem(&text);
+    assert!(msg.contains("tcp") && msg.contains("http"), "{msg}");
+}

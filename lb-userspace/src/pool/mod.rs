@@ -267,6 +267,16 @@ impl Pool {
         Some(chosen)
     }
 
+    /// Picks the backend for a retry: one not tried yet if any is healthy,
+    /// else a tried one again (a pool of one backend retries that one).
+    pub fn pick_retry(&self, picker: &mut Picker, key: &PickKey, tried: &[usize]) -> Option<usize> {
+        self.pick(picker, key, tried).or_else(|| {
+            (!tried.is_empty())
+                .then(|| self.pick(picker, key, &[]))
+                .flatten()
+        })
+    }
+
     fn pick_by_algorithm(
         &self,
         picker: &mut Picker,

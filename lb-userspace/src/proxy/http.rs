@@ -264,7 +264,7 @@ async fn proxy(
     let mut tried: Vec<usize> = Vec::new();
     let attempts = 1 + settings.max_retries as usize;
     while tried.len() < attempts {
-        let Some(index) = pool.pick(&mut ctx.picker.borrow_mut(), &key, &tried) else {
+        let Some(index) = pool.pick_retry(&mut ctx.picker.borrow_mut(), &key, &tried) else {
             break;
         };
         if !tried.is_empty() {

@@ -38,7 +38,7 @@ pub async fn serve(client: TcpStream, peer: SocketAddr, ctx: Rc<FrontendCtx>) {
     let mut tried = Vec::new();
     let mut connected = None;
     while tried.len() < attempts {
-        let Some(index) = pool.pick(&mut ctx.picker.borrow_mut(), &key, &tried) else {
+        let Some(index) = pool.pick_retry(&mut ctx.picker.borrow_mut(), &key, &tried) else {
             break;
         };
         if !tried.is_empty() {
