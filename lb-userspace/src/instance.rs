@@ -11,7 +11,7 @@
 
 use std::{
     fs::{self, File, OpenOptions},
-    io::{Read, Write},
+    io::{Read, Seek as _, Write},
     os::{fd::AsRawFd, unix::process::CommandExt},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
@@ -207,17 +207,31 @@ pub fn spawn_janitor(instance: &str) -> Result<Child, InstanceError> {
 /// The janitor's whole life: wait for the parent to go, then clean up after
 /// it unless a new `lb` took the instance meanwhile.
 pub fn run_janitor(instance: &str) {
+    // SAFETY: getppid has no preconditions.
+    let parent = unsafe { libc::getppid() }.to_string();
     let mut buf = [0u8; 64];
     let mut stdin = std::io::stdin();
     while matches!(stdin.read(&mut buf), Ok(n) if n > 0) {}
-    let Ok(file) = open_lock(instance) else {
+    let Ok(mut file) = open_lock(instance) else {
         return;
     };
-    if try_flock(&file) {
-        let dir = pin_dir(instance);
-        if dir.exists() {
-            let _ = remove_pins(&dir);
-            eprintln!("lb janitor: removed pins of instance `{instance}` left by an exited lb");
+    // The pipe closes a moment before the dying lb's lock is released: wait
+    // for the lock, unless another lb (a new pid in the lock file) holds it.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !try_flock(&file) {
+        let mut holder = String::new();
+        let _ = file
+            .rewind()
+            .and_then(|()| file.read_to_string(&mut holder));
+        let holder = holder.trim();
+        if (!holder.is_empty() && holder != parent) || std::time::Instant::now() >= deadline {
+            return;
         }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let dir = pin_dir(instance);
+    if dir.exists() {
+        let _ = remove_pins(&dir);
+        eprintln!("lb janitor: removed pins of instance `{instance}` left by an exited lb");
     }
 }

@@ -89,6 +89,8 @@ pub struct Pool {
     pub algorithm: Algorithm,
     /// Its backends, in config order.
     pub backends: Vec<Backend>,
+    /// Their weights, in the same order (what the algorithms take).
+    weights: Vec<u32>,
     /// Per-request settings.
     pub settings: PoolSettings,
     /// Moves whenever a backend goes up or down.
@@ -157,6 +159,7 @@ impl Pool {
         let pool = Self {
             name: p.name.clone(),
             algorithm: p.algorithm,
+            weights: backends.iter().map(|b| b.weight).collect(),
             backends,
             settings,
             generation: AtomicU64::new(0),
@@ -193,10 +196,9 @@ impl Pool {
                 .map(|b| b.addr.to_string().into_bytes())
                 .collect();
             let refs: Vec<&[u8]> = names.iter().map(Vec::as_slice).collect();
-            let weights: Vec<u32> = self.backends.iter().map(|b| b.weight).collect();
             let table = Maglev::build(
                 &refs,
-                &weights,
+                &self.weights,
                 |i| self.backends[i].is_up(),
                 self.maglev_size,
             );
@@ -283,16 +285,16 @@ impl Pool {
         key: &PickKey,
         eligible: &impl Fn(usize) -> bool,
     ) -> Option<usize> {
-        let weights = || self.backends.iter().map(|b| b.weight);
         match self.algorithm {
-            Algorithm::Roundrobin => {
-                let w: Vec<u32> = weights().collect();
-                picker.rr.pick(&w, eligible)
-            }
+            Algorithm::Roundrobin => picker.rr.pick(&self.weights, eligible),
             Algorithm::Leastconn => {
-                let w: Vec<u32> = weights().collect();
                 picker.start = picker.start.wrapping_add(1) % self.backends.len().max(1);
-                balance::least_conn(&w, |i| self.backends[i].active(), eligible, picker.start)
+                balance::least_conn(
+                    &self.weights,
+                    |i| self.backends[i].active(),
+                    eligible,
+                    picker.start,
+                )
             }
             Algorithm::Maglev => {
                 let generation = self.generation.load(Relaxed);
