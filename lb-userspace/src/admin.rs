@@ -83,6 +83,8 @@ pub struct BackendStatus {
     pub active: u64,
     /// Requests (HTTP) or connections (TCP) sent.
     pub sent: u64,
+    /// Connections opened.
+    pub connects: u64,
     /// Failed connects.
     pub connect_errors: u64,
     /// Failed health checks.
@@ -135,6 +137,7 @@ impl Status {
                             up: b.is_up(),
                             active: b.active(),
                             sent: b.sent.load(Relaxed),
+                            connects: b.connects.load(Relaxed),
                             connect_errors: b.connect_errors.load(Relaxed),
                             check_failures: b.check_failures.load(Relaxed),
                         })

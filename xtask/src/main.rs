@@ -9,6 +9,10 @@
 //! - `demo`: a client/lb namespace pair, `lb` with XDP, a short SYN flood.
 //! - `bench xdp`: ns per packet and CPU per dropped SYN, written to
 //!   `bench/results/xdp.md`.
+//! - `bench proxy`: keep-alive HTTP requests/s, CPU per request and latency
+//!   at a fixed rate for lb, HAProxy and nginx, written to
+//!   `bench/results/proxy.md`.
+//! - `bench all`: both, xdp first.
 //!
 //! Every command but `setup` runs `setup` first.
 
@@ -43,7 +47,7 @@ enum Cmd {
     Demo,
     /// Benchmarks; results go to bench/results/.
     Bench {
-        /// Which: `xdp`.
+        /// Which: `xdp`, `proxy` or `all` (xdp, then proxy).
         #[arg(default_value = "xdp")]
         which: String,
         /// Shorter runs (numbers only prove the harness works).
@@ -232,6 +236,23 @@ fn run_tool(obj: &Path, bin: &str, args: &[&str]) -> Result<()> {
     .with_context(|| format!("running {bin}"))
 }
 
+/// Runs benchmark `name` (`xdp` or `proxy`): `lb-bench-NAME --out PATH`.
+fn bench_one(obj: &Path, name: &str, quick: bool) -> Result<()> {
+    // A quick run proves the harness works; its numbers do not replace the
+    // committed report.
+    let out = if quick {
+        root().join(format!("target/bench/{name}-quick.md"))
+    } else {
+        root().join(format!("bench/results/{name}.md"))
+    };
+    let out = out.to_string_lossy().into_owned();
+    let mut args = vec!["--out", out.as_str()];
+    if quick {
+        args.push("--quick");
+    }
+    run_tool(obj, &format!("lb-bench-{name}"), &args)
+}
+
 fn main() -> Result<()> {
     let cli = Cli::parse();
     setup::setup().context("xtask setup")?;
@@ -241,23 +262,18 @@ fn main() -> Result<()> {
         Cmd::Lint => lint(&build_ebpf()?),
         Cmd::Test => test(&build_ebpf()?),
         Cmd::Demo => run_tool(&build_ebpf()?, "lb-demo", &[]),
-        Cmd::Bench { which, quick } => match which.as_str() {
-            "xdp" | "all" => {
-                // A quick run proves the harness works; its numbers do not
-                // replace the committed report.
-                let out = if quick {
-                    root().join("target/bench/xdp-quick.md")
-                } else {
-                    root().join("bench/results/xdp.md")
-                };
-                let out = out.to_string_lossy().into_owned();
-                let mut args = vec!["--out", out.as_str()];
-                if quick {
-                    args.push("--quick");
-                }
-                run_tool(&build_ebpf()?, "lb-bench-xdp", &args)
+        Cmd::Bench { which, quick } => {
+            let benches: &[&str] = match which.as_str() {
+                "xdp" => &["xdp"],
+                "proxy" => &["proxy"],
+                "all" => &["xdp", "proxy"],
+                other => bail!("unknown benchmark `{other}`; allowed: xdp, proxy, all"),
+            };
+            let obj = build_ebpf()?;
+            for &bench in benches {
+                bench_one(&obj, bench, quick)?;
             }
-            other => bail!("unknown benchmark `{other}`; allowed: xdp, all"),
-        },
+            Ok(())
+        }
     }
 }

@@ -41,6 +41,9 @@ pub struct Backend {
     active: AtomicU64,
     /// Requests or connections sent to it.
     pub sent: AtomicU64,
+    /// Connections opened to it (HTTP: new keep-alive connections; the
+    /// rest of `sent` reused one).
+    pub connects: AtomicU64,
     /// Failed connects to it (refused, unreachable or timed out).
     pub connect_errors: AtomicU64,
     /// Health checks that failed.
@@ -137,6 +140,7 @@ impl Pool {
                     up: AtomicBool::new(true),
                     active: AtomicU64::new(0),
                     sent: AtomicU64::new(0),
+                    connects: AtomicU64::new(0),
                     connect_errors: AtomicU64::new(0),
                     check_failures: AtomicU64::new(0),
                 }

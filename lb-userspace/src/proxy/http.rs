@@ -281,7 +281,10 @@ async fn proxy(
                 .connect(addr, settings.protocol, settings.connect_timeout)
                 .await
             {
-                Ok(s) => s,
+                Ok(s) => {
+                    backend.connects.fetch_add(1, Relaxed);
+                    s
+                }
                 Err(e) => {
                     backend.connect_errors.fetch_add(1, Relaxed);
                     if matches!(e, super::upstream::ConnectError::Timeout(_)) {

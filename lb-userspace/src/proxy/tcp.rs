@@ -50,6 +50,7 @@ pub async fn serve(client: TcpStream, peer: SocketAddr, ctx: Rc<FrontendCtx>) {
         match tokio::time::timeout(settings.connect_timeout, TcpStream::connect(backend.addr)).await
         {
             Ok(Ok(s)) => {
+                backend.connects.fetch_add(1, Relaxed);
                 connected = Some((s, guard));
                 break;
             }
