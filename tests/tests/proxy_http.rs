@@ -495,11 +495,20 @@ timeouts = {{ server = "500ms" }}
     // A backend slower than `server`: 504.
     let r = curl(&format!("http://{port}/slow?ms=3000"), &[]).expect("curl");
     assert_eq!(r.status, 504, "{r:?}");
+    // A backend that goes silent mid-body: the body is cut short (curl
+    // reports a transfer error) after `server`.
+    let r = curl(&format!("http://{port}/silent-body?ms=3000"), &[]).expect("curl");
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_ne!(r.exit, 0, "the cut body must not look complete: {r:?}");
+    assert!(
+        r.body.starts_with("first") && !r.body.contains("late"),
+        "{r:?}"
+    );
     let f = frontend_status(s.admin, "web");
     let t = &f["timeouts"];
     assert!(t["headerRead"].as_u64() >= Some(1), "{f}");
     assert!(t["clientIdle"].as_u64() >= Some(1), "{f}");
-    assert!(t["server"].as_u64() >= Some(1), "{f}");
+    assert!(t["server"].as_u64() >= Some(2), "{f}");
     assert!(f["responses"]["4xx"].as_u64() >= Some(1), "{f}");
     // A keep-alive connection with finished requests is also closed after
     // clientIdle.

@@ -1,5 +1,6 @@
 //! Header rewriting between client and backend: hop-by-hop headers go,
-//! `X-Forwarded-For` / `X-Forwarded-Proto` / `Forwarded` are added.
+//! `X-Forwarded-For` / `X-Forwarded-Proto` / `Forwarded` are added
+//! ([`Forwarding`], formatted once per client connection).
 //! Pure functions over `http::HeaderMap`, tested here.
 
 use std::net::IpAddr;
@@ -7,69 +8,114 @@ use std::net::IpAddr;
 use http::{header, HeaderMap, HeaderName, HeaderValue};
 
 /// Headers that describe one hop, never forwarded (RFC 9110 7.6.1), plus
-/// the non-standard ones proxies also drop.
-const HOP_BY_HOP: [&str; 8] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "upgrade",
+/// the non-standard ones proxies also drop. Names, not strings: removing by
+/// a `HeaderName` skips parsing the name on every request.
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::UPGRADE,
 ];
+
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 
 /// Removes hop-by-hop headers, including every header the `Connection`
 /// header names. `Transfer-Encoding` is left to hyper, which owns framing
 /// on each side.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-        .collect();
-    for name in named {
-        headers.remove(name);
+    if headers.contains_key(header::CONNECTION) {
+        let named: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+            .collect();
+        for name in named {
+            headers.remove(name);
+        }
     }
-    for name in HOP_BY_HOP {
+    for name in &HOP_BY_HOP {
         headers.remove(name);
     }
     headers.remove(header::TRANSFER_ENCODING);
 }
 
-/// Adds the forwarding headers for a request from `client`: appends the
-/// client to `X-Forwarded-For` (one header, joined with any existing
-/// values) and to `Forwarded` (RFC 7239, with `proto` and `host`), and sets
-/// `X-Forwarded-Proto`.
-pub fn add_forwarded(headers: &mut HeaderMap, client: IpAddr, proto: &str) {
-    let ip = client.to_canonical();
-    let xff = join_existing(headers, "x-forwarded-for", &ip.to_string());
-    if let Ok(v) = HeaderValue::from_str(&xff) {
-        headers.insert("x-forwarded-for", v);
+/// The forwarding headers of one client connection, formatted once when
+/// it opens: every request on it appends the same client.
+#[derive(Debug, Clone)]
+pub struct Forwarding {
+    /// The client address as `X-Forwarded-For` shows it.
+    ip: HeaderValue,
+    /// `for=...;proto=...`, the start of its `Forwarded` element.
+    element: String,
+    /// The element as a value, for requests without a `Host`.
+    element_value: HeaderValue,
+    proto: HeaderValue,
+}
+
+impl Forwarding {
+    /// For a connection from `client` over `proto` (`http` or `https`).
+    #[must_use]
+    pub fn new(client: IpAddr, proto: &'static str) -> Self {
+        let ip = client.to_canonical();
+        let node = match ip {
+            IpAddr::V4(v4) => v4.to_string(),
+            IpAddr::V6(v6) => format!("\"[{v6}]\""),
+        };
+        let element = format!("for={node};proto={proto}");
+        Self {
+            ip: HeaderValue::from_str(&ip.to_string())
+                .unwrap_or(HeaderValue::from_static("unknown")),
+            element_value: HeaderValue::from_str(&element)
+                .unwrap_or(HeaderValue::from_static("for=unknown")),
+            element,
+            proto: HeaderValue::from_static(proto),
+        }
     }
-    headers.insert(
-        "x-forwarded-proto",
-        HeaderValue::from_static(if proto == "https" { "https" } else { "http" }),
-    );
-    let node = match ip {
-        IpAddr::V4(v4) => v4.to_string(),
-        IpAddr::V6(v6) => format!("\"[{v6}]\""),
-    };
-    let mut element = format!("for={node};proto={proto}");
-    if let Some(host) = headers.get(header::HOST).and_then(|h| h.to_str().ok()) {
-        element.push_str(";host=");
-        element.push_str(&forwarded_value(host));
-    }
-    let fwd = join_existing(headers, "forwarded", &element);
-    if let Ok(v) = HeaderValue::from_str(&fwd) {
-        headers.insert(header::FORWARDED, v);
+
+    /// Appends the client to `X-Forwarded-For` (one header, joined with any
+    /// existing values) and to `Forwarded` (RFC 7239, with `proto` and
+    /// `host`), and sets `X-Forwarded-Proto`.
+    pub fn apply(&self, headers: &mut HeaderMap) {
+        if headers.contains_key(&X_FORWARDED_FOR) {
+            let ip = self.ip.to_str().unwrap_or("unknown");
+            if let Ok(v) = HeaderValue::from_str(&join_existing(headers, &X_FORWARDED_FOR, ip)) {
+                headers.insert(X_FORWARDED_FOR, v);
+            }
+        } else {
+            headers.insert(X_FORWARDED_FOR, self.ip.clone());
+        }
+        headers.insert(X_FORWARDED_PROTO, self.proto.clone());
+        let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
+        if host.is_none() && !headers.contains_key(header::FORWARDED) {
+            headers.insert(header::FORWARDED, self.element_value.clone());
+            return;
+        }
+        let mut element = String::with_capacity(self.element.len() + 64);
+        element.push_str(&self.element);
+        if let Some(host) = host {
+            element.push_str(";host=");
+            push_forwarded_value(&mut element, host);
+        }
+        let value = if headers.contains_key(header::FORWARDED) {
+            join_existing(headers, &header::FORWARDED, &element)
+        } else {
+            element
+        };
+        if let Ok(v) = HeaderValue::from_str(&value) {
+            headers.insert(header::FORWARDED, v);
+        }
     }
 }
 
 /// Existing values of a list header joined with `, `, then `item`.
-fn join_existing(headers: &HeaderMap, name: &str, item: &str) -> String {
+fn join_existing(headers: &HeaderMap, name: &HeaderName, item: &str) -> String {
     let mut out = String::new();
     for v in headers.get_all(name).iter().filter_map(|v| v.to_str().ok()) {
         let v = v.trim();
@@ -82,15 +128,22 @@ fn join_existing(headers: &HeaderMap, name: &str, item: &str) -> String {
     out
 }
 
-/// A `Forwarded` value: a token as is, anything else quoted.
-fn forwarded_value(v: &str) -> String {
+/// Appends a `Forwarded` value: a token as is, anything else quoted.
+fn push_forwarded_value(out: &mut String, v: &str) {
     let token = !v.is_empty()
         && v.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
     if token {
-        v.to_owned()
+        out.push_str(v);
     } else {
-        format!("\"{}\"", v.replace('\\', "\\\\").replace('"', "\\\""))
+        out.push('"');
+        for c in v.chars() {
+            if c == '"' || c == '\\' {
+                out.push('\\');
+            }
+            out.push(c);
+        }
+        out.push('"');
     }
 }
 
@@ -132,7 +185,7 @@ mod tests {
             ("x-forwarded-for", "198.51.100.1"),
             ("host", "example.test:8080"),
         ]);
-        add_forwarded(&mut h, "2001:db8::7".parse().unwrap(), "http");
+        Forwarding::new("2001:db8::7".parse().unwrap(), "http").apply(&mut h);
         assert_eq!(
             h["x-forwarded-for"],
             "203.0.113.9, 198.51.100.1, 2001:db8::7"
@@ -150,7 +203,7 @@ mod tests {
             ("forwarded", "for=192.0.2.60;proto=https"),
             ("host", "a.test"),
         ]);
-        add_forwarded(&mut h, "::ffff:10.1.2.3".parse().unwrap(), "http");
+        Forwarding::new("::ffff:10.1.2.3".parse().unwrap(), "http").apply(&mut h);
         assert_eq!(h["x-forwarded-for"], "10.1.2.3");
         assert_eq!(
             h["forwarded"],

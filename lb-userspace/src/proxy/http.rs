@@ -31,7 +31,7 @@ use tokio::{net::TcpStream, sync::watch, time::Sleep};
 use super::{
     counters::Timeout,
     headers,
-    io::{ConnState, InFlight, LocalExec, Tracked},
+    io::{ConnState, InFlight, LocalExec, SendStream, Tracked},
     upstream::{ReqBody, Sender},
     FrontendCtx,
 };
@@ -61,13 +61,14 @@ pub async fn serve(
 ) {
     let state = Rc::new(ConnState::default());
     let fd = stream.as_raw_fd();
-    let io = TokioIo::new(Tracked::new(stream, Rc::clone(&state)));
+    let io = TokioIo::new(Tracked::new(SendStream(stream), Rc::clone(&state)));
     let service = {
         let ctx = Rc::clone(&ctx);
         let state = Rc::clone(&state);
+        let fwd = Rc::new(headers::Forwarding::new(peer.ip(), "http"));
         service_fn(move |req| {
             let guard = state.begin();
-            handle(req, peer, Rc::clone(&ctx), guard)
+            handle(req, peer, Rc::clone(&fwd), Rc::clone(&ctx), guard)
         })
     };
     let conn = ctx.http.serve_connection(io, service);
@@ -194,6 +195,7 @@ impl Watchdog {
 async fn handle(
     req: Request<Incoming>,
     peer: SocketAddr,
+    fwd: Rc<headers::Forwarding>,
     ctx: Rc<FrontendCtx>,
     in_flight: InFlight,
 ) -> Result<Response<RespBody>, Infallible> {
@@ -201,7 +203,7 @@ async fn handle(
     counters
         .requests
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let mut resp = proxy(req, peer, &ctx).await;
+    let mut resp = proxy(req, peer, &fwd, &ctx).await;
     counters.response(resp.status().as_u16());
     resp.body_mut().in_flight = Some(in_flight);
     Ok(resp)
@@ -218,6 +220,7 @@ fn idempotent(m: &Method) -> bool {
 async fn proxy(
     req: Request<Incoming>,
     peer: SocketAddr,
+    fwd: &headers::Forwarding,
     ctx: &Rc<FrontendCtx>,
 ) -> Response<RespBody> {
     use std::sync::atomic::Ordering::Relaxed;
@@ -244,7 +247,7 @@ async fn proxy(
             .flatten()
             .and_then(|id| pool.backend_by_id(id)),
     };
-    prepare_request(&mut parts, peer, settings.protocol);
+    prepare_request(&mut parts, fwd, settings.protocol);
     let replay = (idempotent(&parts.method) && body.is_end_stream()).then(|| {
         let mut r = Request::new(());
         *r.method_mut() = parts.method.clone();
@@ -344,43 +347,47 @@ fn clone_request(r: &Request<()>) -> Request<ReqBody> {
 
 /// Rewrites a client request for the backend: hop-by-hop headers out,
 /// forwarding headers in, the URI and version the backend protocol needs.
-fn prepare_request(parts: &mut http::request::Parts, peer: SocketAddr, protocol: BackendProtocol) {
+fn prepare_request(
+    parts: &mut http::request::Parts,
+    fwd: &headers::Forwarding,
+    protocol: BackendProtocol,
+) {
     headers::strip_hop_by_hop(&mut parts.headers);
     // HTTP/2 clients send the authority in the URI, not a Host header.
-    let authority = parts
-        .uri
-        .authority()
-        .map(|a| a.as_str().to_owned())
-        .or_else(|| {
-            parts
-                .headers
-                .get(header::HOST)
-                .and_then(|h| h.to_str().ok())
-                .map(str::to_owned)
-        });
-    if let Some(a) = &authority {
-        if !parts.headers.contains_key(header::HOST) {
-            if let Ok(v) = HeaderValue::from_str(a) {
-                parts.headers.insert(header::HOST, v);
-            }
+    if !parts.headers.contains_key(header::HOST) {
+        if let Some(v) = parts
+            .uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        {
+            parts.headers.insert(header::HOST, v);
         }
     }
-    headers::add_forwarded(&mut parts.headers, peer.ip(), "http");
-    let path = parts
-        .uri
-        .path_and_query()
-        .map_or("/", http::uri::PathAndQuery::as_str)
-        .to_owned();
+    fwd.apply(&mut parts.headers);
     match protocol {
         BackendProtocol::Http1 => {
             parts.version = Version::HTTP_11;
-            if let Ok(u) = path.parse::<Uri>() {
-                parts.uri = u;
+            // HTTP/1.1 clients send origin-form already; HTTP/2 ones (and
+            // absolute-form requests) get their path and query only.
+            if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
+                let mut p = http::uri::Parts::default();
+                p.path_and_query = parts.uri.path_and_query().cloned();
+                if let Ok(u) = Uri::from_parts(p) {
+                    parts.uri = u;
+                }
             }
         }
         BackendProtocol::H2 => {
             parts.version = Version::HTTP_2;
-            let a = authority.unwrap_or_else(|| "localhost".into());
+            let a = parts
+                .headers
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .unwrap_or("localhost");
+            let path = parts
+                .uri
+                .path_and_query()
+                .map_or("/", http::uri::PathAndQuery::as_str);
             if let Ok(u) = format!("http://{a}{path}").parse::<Uri>() {
                 parts.uri = u;
             }
@@ -456,9 +463,11 @@ fn respond(
     let body = RespBody {
         kind: Kind::Backend {
             body,
-            idle: Box::pin(tokio::time::sleep(timeout)),
+            idle: None,
+            moved: false,
             timeout,
-            reuse: h1.map(|(sender, addr)| (sender, addr, Rc::clone(ctx))),
+            reuse: h1,
+            ctx: Rc::clone(ctx),
             _active: guard,
         },
         in_flight: None,
@@ -493,15 +502,16 @@ enum Kind {
     Full(Option<Bytes>),
     Backend {
         body: Incoming,
-        idle: Pin<Box<Sleep>>,
+        /// Armed only once the backend makes the body wait: a body that
+        /// arrives with its head (most small responses) costs no timer.
+        idle: Option<Pin<Box<Sleep>>>,
+        /// A frame arrived since the timer was last armed.
+        moved: bool,
         timeout: Duration,
         /// The HTTP/1.1 connection, returned to the idle list when the body
         /// ends cleanly.
-        reuse: Option<(
-            hyper::client::conn::http1::SendRequest<ReqBody>,
-            SocketAddr,
-            Rc<FrontendCtx>,
-        )>,
+        reuse: Option<(hyper::client::conn::http1::SendRequest<ReqBody>, SocketAddr)>,
+        ctx: Rc<FrontendCtx>,
         _active: ActiveGuard,
     },
 }
@@ -519,26 +529,35 @@ impl Body for RespBody {
             Kind::Backend {
                 body,
                 idle,
+                moved,
                 timeout,
                 reuse,
+                ctx,
                 ..
             } => match Pin::new(&mut *body).poll_frame(cx) {
                 Poll::Ready(Some(Ok(f))) => {
-                    idle.as_mut().reset(tokio::time::Instant::now() + *timeout);
+                    *moved = true;
                     Poll::Ready(Some(Ok(f)))
                 }
                 Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
                 Poll::Ready(None) => Poll::Ready(None),
-                Poll::Pending => match idle.as_mut().poll(cx) {
-                    Poll::Ready(()) => {
-                        if let Some((_, _, ctx)) = reuse {
-                            ctx.counters().timeout(Timeout::Server);
-                        }
-                        *reuse = None;
-                        Poll::Ready(Some(Err("the backend went silent mid-body".into())))
+                Poll::Pending => {
+                    let deadline = tokio::time::Instant::now() + *timeout;
+                    match idle {
+                        None => *idle = Some(Box::pin(tokio::time::sleep_until(deadline))),
+                        Some(sleep) if *moved => sleep.as_mut().reset(deadline),
+                        Some(_) => {}
                     }
-                    Poll::Pending => Poll::Pending,
-                },
+                    *moved = false;
+                    match idle.as_mut().map(|s| s.as_mut().poll(cx)) {
+                        Some(Poll::Ready(())) => {
+                            ctx.counters().timeout(Timeout::Server);
+                            *reuse = None;
+                            Poll::Ready(Some(Err("the backend went silent mid-body".into())))
+                        }
+                        _ => Poll::Pending,
+                    }
+                }
             },
         }
     }
@@ -561,9 +580,12 @@ impl Body for RespBody {
 
 impl Drop for RespBody {
     fn drop(&mut self) {
-        if let Kind::Backend { body, reuse, .. } = &mut self.kind {
+        if let Kind::Backend {
+            body, reuse, ctx, ..
+        } = &mut self.kind
+        {
             if body.is_end_stream() {
-                if let Some((sender, addr, ctx)) = reuse.take() {
+                if let Some((sender, addr)) = reuse.take() {
                     ctx.upstreams.put_back(addr, sender);
                 }
             }

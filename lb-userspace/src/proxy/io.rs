@@ -145,3 +145,59 @@ where
         tokio::task::spawn_local(fut);
     }
 }
+
+/// A TCP stream whose writes are `send(2)` calls. tokio writes with
+/// `write(2)`/`writev(2)`, which pass through the VFS layer first; on a
+/// proxy's small writes that layer cost about a microsecond a request
+/// (`bench/results/proxy.md`). Writes are not vectored: hyper flattens a
+/// head and a small body into one buffer, so a response is one `send`.
+#[derive(Debug)]
+pub struct SendStream(pub tokio::net::TcpStream);
+
+impl AsyncRead for SendStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for SendStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        use std::os::fd::AsRawFd as _;
+        let stream = &self.0;
+        loop {
+            std::task::ready!(stream.poll_write_ready(cx))?;
+            let sent = stream.try_io(tokio::io::Interest::WRITABLE, || {
+                // SAFETY: a valid connected socket and a valid slice.
+                let n = unsafe {
+                    libc::send(
+                        stream.as_raw_fd(),
+                        buf.as_ptr().cast(),
+                        buf.len(),
+                        libc::MSG_NOSIGNAL,
+                    )
+                };
+                usize::try_from(n).map_err(|_| io::Error::last_os_error())
+            });
+            match sent {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                r => return Poll::Ready(r),
+            }
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+}

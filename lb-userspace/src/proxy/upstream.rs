@@ -18,7 +18,7 @@ use hyper::{body::Incoming, client::conn};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
-use super::io::LocalExec;
+use super::io::{LocalExec, SendStream};
 use crate::config::BackendProtocol;
 
 /// Idle HTTP/1.1 connections kept per backend and worker; more are closed.
@@ -139,7 +139,7 @@ impl Upstreams {
             .await
             .map_err(|_| ConnectError::Timeout(timeout))??;
         stream.set_nodelay(true)?;
-        let io = TokioIo::new(stream);
+        let io = TokioIo::new(SendStream(stream));
         match protocol {
             BackendProtocol::Http1 => {
                 let (sender, connection) = conn::http1::Builder::new().handshake(io).await?;
