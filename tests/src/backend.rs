@@ -10,6 +10,9 @@
 //! - `/upload`: reads the whole body, answers `received N`;
 //! - `/bytes?n=N`: streams N bytes;
 //! - `/health`: 200, or 503 while [`HttpBackend::set_healthy`] is false;
+//!
+//! While [`HttpBackend::set_dropping`] is on, it reads each request and
+//! closes the connection without answering (a backend that died mid-request).
 //! - `/silent-body?ms=N`: sends the head and one chunk, then nothing for N
 //!   ms.
 
@@ -31,12 +34,18 @@ use hyper::{body::Incoming, service::service_fn};
 use hyper_util::rt::TokioIo;
 use tokio::sync::oneshot;
 
+/// What a test can switch on a running backend.
+struct Flags {
+    healthy: AtomicBool,
+    dropping: AtomicBool,
+}
+
 /// A running backend; dropping it stops it and frees its port.
 pub struct HttpBackend {
     /// Where it listens.
     pub addr: SocketAddr,
     requests: Arc<AtomicU64>,
-    healthy: Arc<AtomicBool>,
+    flags: Arc<Flags>,
     stop: Option<oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -49,11 +58,14 @@ impl HttpBackend {
     /// The address cannot be bound.
     pub fn start(name: &str, addr: SocketAddr, ns: Option<&str>) -> Result<Self> {
         let requests = Arc::new(AtomicU64::new(0));
-        let healthy = Arc::new(AtomicBool::new(true));
+        let flags = Arc::new(Flags {
+            healthy: AtomicBool::new(true),
+            dropping: AtomicBool::new(false),
+        });
         let (stop_tx, stop_rx) = oneshot::channel();
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let (name, ns) = (name.to_owned(), ns.map(str::to_owned));
-        let (req2, healthy2) = (Arc::clone(&requests), Arc::clone(&healthy));
+        let (req2, flags2) = (Arc::clone(&requests), Arc::clone(&flags));
         let thread = std::thread::spawn(move || {
             let ready = ready_tx.clone();
             let r = (|| -> Result<()> {
@@ -68,7 +80,7 @@ impl HttpBackend {
                         .await
                         .with_context(|| format!("backend {name} binding {addr}"))?;
                     let _ = ready.send(Ok(listener.local_addr()?));
-                    serve_http(listener, name, req2, healthy2, stop_rx).await;
+                    serve_http(listener, name, req2, flags2, stop_rx).await;
                     Ok(())
                 })
             })();
@@ -82,7 +94,7 @@ impl HttpBackend {
         Ok(Self {
             addr,
             requests,
-            healthy,
+            flags,
             stop: Some(stop_tx),
             thread: Some(thread),
         })
@@ -96,7 +108,12 @@ impl HttpBackend {
 
     /// What `/health` answers: 200 when true, 503 when false.
     pub fn set_healthy(&self, healthy: bool) {
-        self.healthy.store(healthy, Relaxed);
+        self.flags.healthy.store(healthy, Relaxed);
+    }
+
+    /// Whether requests are read and then dropped with the connection.
+    pub fn set_dropping(&self, dropping: bool) {
+        self.flags.dropping.store(dropping, Relaxed);
     }
 }
 
@@ -115,7 +132,7 @@ async fn serve_http(
     listener: tokio::net::TcpListener,
     name: String,
     requests: Arc<AtomicU64>,
-    healthy: Arc<AtomicBool>,
+    flags: Arc<Flags>,
     mut stop: oneshot::Receiver<()>,
 ) {
     let name: Arc<str> = name.into();
@@ -125,11 +142,11 @@ async fn serve_http(
             _ = &mut stop => break,
             accepted = listener.accept() => {
                 let Ok((stream, _)) = accepted else { continue };
-                let (name, requests, healthy) = (Arc::clone(&name), Arc::clone(&requests), Arc::clone(&healthy));
+                let (name, requests, flags) = (Arc::clone(&name), Arc::clone(&requests), Arc::clone(&flags));
                 conns.spawn(async move {
                     let svc = service_fn(move |req| {
                         requests.fetch_add(1, Relaxed);
-                        answer(req, Arc::clone(&name), Arc::clone(&healthy))
+                        answer(req, Arc::clone(&name), Arc::clone(&flags))
                     });
                     let _ = hyper_util::server::conn::auto::Builder::new(
                         hyper_util::rt::TokioExecutor::new(),
@@ -156,8 +173,12 @@ fn query(req: &Request<Incoming>, key: &str) -> Option<u64> {
 async fn answer(
     req: Request<Incoming>,
     name: Arc<str>,
-    healthy: Arc<AtomicBool>,
-) -> Result<Response<Body>, Infallible> {
+    flags: Arc<Flags>,
+) -> Result<Response<Body>, Box<dyn std::error::Error + Send + Sync>> {
+    if flags.dropping.load(Relaxed) {
+        // hyper closes the connection without a response.
+        return Err("dropping requests".into());
+    }
     let mut text = format!(
         "backend {name}\n{} {}\nversion: {:?}\n",
         req.method(),
@@ -216,7 +237,7 @@ async fn answer(
                 .insert("x-backend", name.parse().expect("a header-safe name"));
             r
         }
-        "/health" if !healthy.load(Relaxed) => full(StatusCode::SERVICE_UNAVAILABLE, text),
+        "/health" if !flags.healthy.load(Relaxed) => full(StatusCode::SERVICE_UNAVAILABLE, text),
         _ => full(StatusCode::OK, text),
     };
     Ok(resp)

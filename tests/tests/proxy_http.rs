@@ -782,3 +782,50 @@ timeouts = {{ connect = "300ms" }}
         "1 try + 3 retries (maxRetries default): {g}"
     );
 }
+
+#[test]
+fn a_request_lost_with_its_backend_is_replayed_only_if_idempotent_and_bodiless() {
+    let b = backends(&["flaky", "good"]);
+    b[0].set_dropping(true);
+    let port = free_addr("127.0.0.1");
+    let s = start(&format!(
+        r#"[[frontend]]
+name = "web"
+listen = "{port}"
+pool = "p"
+[[pool]]
+name = "p"
+backends = ["{}", "{}"]
+"#,
+        b[0].addr, b[1].addr
+    ));
+    let url = format!("http://{port}/");
+    for _ in 0..6 {
+        let r = curl(&url, &[]).expect("curl");
+        assert_eq!(
+            (r.status, r.backend()),
+            (200, "good"),
+            "a GET was not replayed: {r:?}"
+        );
+    }
+    let flaky_before = b[0].requests();
+    assert!(flaky_before >= 3, "round robin sent GETs to flaky too");
+    let statuses: Vec<u16> = (0..6)
+        .map(|_| {
+            curl(&url, &["--data-binary", "order=42"])
+                .expect("curl")
+                .status
+        })
+        .collect();
+    let lost = b[0].requests() - flaky_before;
+    assert!(lost >= 1, "no POST reached flaky: {statuses:?}");
+    assert_eq!(
+        statuses.iter().filter(|&&c| c == 502).count() as u64,
+        lost,
+        "each POST flaky took must be a 502, never sent twice: {statuses:?}"
+    );
+    // good answered the 6 GETs and every POST flaky did not take.
+    assert_eq!(b[1].requests(), 6 + (6 - lost), "{statuses:?}");
+    let f = frontend_status(s.admin, "web");
+    assert!(f["backendFailed"].as_u64() >= Some(lost), "{f}");
+}
