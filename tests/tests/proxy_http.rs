@@ -117,6 +117,21 @@ backends = [{{ address = "{}", weight = 1 }}, {{ address = "{}", weight = 2 }}, 
     }
     let f = frontend_status(s.admin, "web");
     assert_eq!(f["responses"]["2xx"], 10_000, "{f}");
+    // Keep-alive to the backends: connections are reused, not opened per
+    // request (10 client connections, at most one backend connection each
+    // per backend).
+    let opened: u64 = b
+        .iter()
+        .map(|x| {
+            backend_status(s.admin, x.addr)["connects"]
+                .as_u64()
+                .unwrap_or(0)
+        })
+        .sum();
+    assert!(
+        opened <= 30,
+        "{opened} backend connections for 10 000 requests"
+    );
 }
 
 #[test]

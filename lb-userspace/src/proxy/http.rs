@@ -30,7 +30,7 @@ use tokio::{net::TcpStream, sync::watch, time::Sleep};
 
 use super::{
     counters::Timeout,
-    headers,
+    h1, headers,
     io::{ConnState, InFlight, LocalExec, SendStream, Tracked},
     upstream::{ReqBody, Sender},
     FrontendCtx,
@@ -302,8 +302,8 @@ async fn proxy(
             break;
         };
         match send(sender, request, settings.server_timeout).await {
-            Sent::Response(resp, h1) => {
-                return respond(resp, h1.map(|s| (s, addr)), guard, ctx, &key, index);
+            Sent::Response(parts, body) => {
+                return respond(parts, body, guard, ctx, &key, index);
             }
             Sent::Unsent(request) => {
                 // The connection closed before taking the request: try again
@@ -317,9 +317,11 @@ async fn proxy(
                     "the backend did not answer in time",
                 );
             }
-            Sent::Failed(e) => {
-                tracing::debug!(pool = %pool.name, backend = %addr, error = %e, "backend request failed");
-                if replay.is_none() {
+            Sent::Failed { error, answered } => {
+                tracing::debug!(pool = %pool.name, backend = %addr, %error, "backend request failed");
+                // Sent already: only a bodiless idempotent request that got
+                // no response byte may go again.
+                if replay.is_none() || answered {
                     break;
                 }
             }
@@ -409,45 +411,52 @@ fn sticky_cookie<'a>(headers: &'a http::HeaderMap, name: &str) -> Option<&'a str
 }
 
 enum Sent {
-    Response(
-        Response<Incoming>,
-        Option<hyper::client::conn::http1::SendRequest<ReqBody>>,
-    ),
+    Response(http::response::Parts, Upstream),
     Unsent(Request<ReqBody>),
     TimedOut,
-    Failed(hyper::Error),
+    /// Sent; `answered` if response bytes came back (then never replayed).
+    Failed {
+        error: String,
+        answered: bool,
+    },
 }
 
 async fn send(sender: Sender, req: Request<ReqBody>, timeout: Duration) -> Sent {
     match sender {
-        Sender::H1(mut s) => match tokio::time::timeout(timeout, s.try_send_request(req)).await {
+        Sender::H1(conn) => match tokio::time::timeout(timeout, conn.send(req)).await {
             Err(_) => Sent::TimedOut,
-            Ok(Ok(resp)) => Sent::Response(resp, Some(s)),
-            Ok(Err(mut e)) => match e.take_message() {
-                Some(req) => Sent::Unsent(req),
-                None => Sent::Failed(e.into_error()),
+            Ok(Ok(resp)) => Sent::Response(resp.head, Upstream::H1(resp.body)),
+            Ok(Err(h1::SendError::Unsent(req, _))) => Sent::Unsent(*req),
+            Ok(Err(h1::SendError::Failed { error, answered })) => Sent::Failed {
+                error: error.to_string(),
+                answered,
             },
         },
         Sender::H2(mut s) => match tokio::time::timeout(timeout, s.try_send_request(req)).await {
             Err(_) => Sent::TimedOut,
-            Ok(Ok(resp)) => Sent::Response(resp, None),
+            Ok(Ok(resp)) => {
+                let (parts, body) = resp.into_parts();
+                Sent::Response(parts, Upstream::H2(body))
+            }
             Ok(Err(mut e)) => match e.take_message() {
                 Some(req) => Sent::Unsent(req),
-                None => Sent::Failed(e.into_error()),
+                None => Sent::Failed {
+                    error: e.into_error().to_string(),
+                    answered: false,
+                },
             },
         },
     }
 }
 
 fn respond(
-    resp: Response<Incoming>,
-    h1: Option<(hyper::client::conn::http1::SendRequest<ReqBody>, SocketAddr)>,
+    mut parts: http::response::Parts,
+    body: Upstream,
     guard: ActiveGuard,
     ctx: &Rc<FrontendCtx>,
     key: &PickKey,
     index: usize,
 ) -> Response<RespBody> {
-    let (mut parts, body) = resp.into_parts();
     headers::strip_hop_by_hop(&mut parts.headers);
     let pool: &Arc<Pool> = &ctx.pool;
     if pool.settings.sticky == Sticky::Cookie && key.cookie != Some(index) {
@@ -466,13 +475,49 @@ fn respond(
             idle: None,
             moved: false,
             timeout,
-            reuse: h1,
             ctx: Rc::clone(ctx),
             _active: guard,
         },
         in_flight: None,
     };
     Response::from_parts(parts, body)
+}
+
+/// What a response body's stream fails with.
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A backend's response body.
+enum Upstream {
+    /// Read from an HTTP/1.1 connection of ours; the connection goes back
+    /// to the idle list when the body ends cleanly.
+    H1(h1::BackendBody),
+    /// A stream of hyper's HTTP/2 client.
+    H2(Incoming),
+}
+
+impl Upstream {
+    fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self {
+            Self::H1(b) => b.poll_frame(cx).map(|f| f.map(|r| r.map_err(Into::into))),
+            Self::H2(b) => Pin::new(b)
+                .poll_frame(cx)
+                .map(|f| f.map(|r| r.map_err(Into::into))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Self::H1(b) => b.is_end_stream(),
+            Self::H2(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Self::H1(b) => b.size_hint(),
+            Self::H2(b) => b.size_hint(),
+        }
+    }
 }
 
 /// A generated answer.
@@ -501,16 +546,13 @@ pub struct RespBody {
 enum Kind {
     Full(Option<Bytes>),
     Backend {
-        body: Incoming,
+        body: Upstream,
         /// Armed only once the backend makes the body wait: a body that
         /// arrives with its head (most small responses) costs no timer.
         idle: Option<Pin<Box<Sleep>>>,
         /// A frame arrived since the timer was last armed.
         moved: bool,
         timeout: Duration,
-        /// The HTTP/1.1 connection, returned to the idle list when the body
-        /// ends cleanly.
-        reuse: Option<(hyper::client::conn::http1::SendRequest<ReqBody>, SocketAddr)>,
         ctx: Rc<FrontendCtx>,
         _active: ActiveGuard,
     },
@@ -531,15 +573,14 @@ impl Body for RespBody {
                 idle,
                 moved,
                 timeout,
-                reuse,
                 ctx,
                 ..
-            } => match Pin::new(&mut *body).poll_frame(cx) {
+            } => match body.poll_frame(cx) {
                 Poll::Ready(Some(Ok(f))) => {
                     *moved = true;
                     Poll::Ready(Some(Ok(f)))
                 }
-                Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
+                Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e))),
                 Poll::Ready(None) => Poll::Ready(None),
                 Poll::Pending => {
                     let deadline = tokio::time::Instant::now() + *timeout;
@@ -552,7 +593,6 @@ impl Body for RespBody {
                     match idle.as_mut().map(|s| s.as_mut().poll(cx)) {
                         Some(Poll::Ready(())) => {
                             ctx.counters().timeout(Timeout::Server);
-                            *reuse = None;
                             Poll::Ready(Some(Err("the backend went silent mid-body".into())))
                         }
                         _ => Poll::Pending,
@@ -581,13 +621,13 @@ impl Body for RespBody {
 impl Drop for RespBody {
     fn drop(&mut self) {
         if let Kind::Backend {
-            body, reuse, ctx, ..
+            body: Upstream::H1(body),
+            ctx,
+            ..
         } = &mut self.kind
         {
-            if body.is_end_stream() {
-                if let Some((sender, addr)) = reuse.take() {
-                    ctx.upstreams.put_back(addr, sender);
-                }
+            if let Some(conn) = body.take_reusable() {
+                ctx.upstreams.put_back(conn);
             }
         }
     }

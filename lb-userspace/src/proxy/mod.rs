@@ -10,11 +10,13 @@
 //! - [`worker`]: a worker thread and its accept loops;
 //! - [`http`] / [`tcp`]: the two frontend modes;
 //! - [`upstream`]: backend connections, per worker;
+//! - [`h1`]: HTTP/1.1 to backends inside the request's task;
 //! - [`headers`]: forwarding headers;
 //! - [`io`]: per-connection byte counting for the timeouts;
 //! - [`counters`]: per-worker counters.
 
 pub mod counters;
+pub mod h1;
 pub mod headers;
 pub mod http;
 pub mod io;

@@ -1,6 +1,6 @@
 //! Connections to backends, per worker: reusable HTTP/1.1 keep-alive
-//! connections (a LIFO of idle ones per backend) and one multiplexed
-//! HTTP/2 connection per backend. Single-threaded: the worker owns it, so
+//! connections ([`super::h1`], a LIFO of idle ones per backend) and one
+//! multiplexed HTTP/2 connection (hyper's client) per backend. Single-threaded: the worker owns it, so
 //! no locks, and a connection never moves between CPUs.
 
 use std::{
@@ -18,7 +18,10 @@ use hyper::{body::Incoming, client::conn};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
-use super::io::{LocalExec, SendStream};
+use super::{
+    h1,
+    io::{LocalExec, SendStream},
+};
 use crate::config::BackendProtocol;
 
 /// Idle HTTP/1.1 connections kept per backend and worker; more are closed.
@@ -65,7 +68,7 @@ impl Body for ReqBody {
 /// A connection ready to carry a request.
 pub enum Sender {
     /// HTTP/1.1: one request at a time.
-    H1(conn::http1::SendRequest<ReqBody>),
+    H1(h1::Conn),
     /// HTTP/2: shared by concurrent requests.
     H2(conn::http2::SendRequest<ReqBody>),
 }
@@ -87,7 +90,7 @@ pub enum ConnectError {
 /// One worker's backend connections.
 #[derive(Default)]
 pub struct Upstreams {
-    idle: RefCell<HashMap<SocketAddr, Vec<conn::http1::SendRequest<ReqBody>>>>,
+    idle: RefCell<HashMap<SocketAddr, Vec<h1::Conn>>>,
     h2: RefCell<HashMap<SocketAddr, conn::http2::SendRequest<ReqBody>>>,
 }
 
@@ -98,16 +101,11 @@ impl Upstreams {
             BackendProtocol::Http1 => {
                 let mut idle = self.idle.borrow_mut();
                 let list = idle.get_mut(&addr)?;
-                while let Some(s) = list.pop() {
-                    if s.is_closed() {
-                        continue;
+                // One the backend closed (or wrote to) while idle is dropped.
+                while let Some(c) = list.pop() {
+                    if c.is_idle_and_open() {
+                        return Some(Sender::H1(c));
                     }
-                    if s.is_ready() {
-                        return Some(Sender::H1(s));
-                    }
-                    // Still finishing its last exchange: keep it for later.
-                    list.insert(0, s);
-                    break;
                 }
                 None
             }
@@ -139,16 +137,10 @@ impl Upstreams {
             .await
             .map_err(|_| ConnectError::Timeout(timeout))??;
         stream.set_nodelay(true)?;
-        let io = TokioIo::new(SendStream(stream));
         match protocol {
-            BackendProtocol::Http1 => {
-                let (sender, connection) = conn::http1::Builder::new().handshake(io).await?;
-                tokio::task::spawn_local(async move {
-                    let _ = connection.await;
-                });
-                Ok(Sender::H1(sender))
-            }
+            BackendProtocol::Http1 => Ok(Sender::H1(h1::Conn::new(stream, addr))),
             BackendProtocol::H2 => {
+                let io = TokioIo::new(SendStream(stream));
                 let (sender, connection) =
                     conn::http2::Builder::new(LocalExec).handshake(io).await?;
                 tokio::task::spawn_local(async move {
@@ -161,14 +153,11 @@ impl Upstreams {
     }
 
     /// Returns an HTTP/1.1 connection whose exchange ended cleanly.
-    pub fn put_back(&self, addr: SocketAddr, sender: conn::http1::SendRequest<ReqBody>) {
-        if sender.is_closed() {
-            return;
-        }
+    pub fn put_back(&self, conn: h1::Conn) {
         let mut idle = self.idle.borrow_mut();
-        let list = idle.entry(addr).or_default();
+        let list = idle.entry(conn.addr).or_default();
         if list.len() < MAX_IDLE {
-            list.push(sender);
+            list.push(conn);
         }
     }
 }

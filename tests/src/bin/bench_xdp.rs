@@ -335,8 +335,6 @@ fn cpu_per_drop(runs: usize, secs: u32) -> Result<Vec<(Guard, Summary, u64)>> {
         "nud",
         "permanent",
     ])?;
-    // A listener, so "no protection" means the kernel's real SYN handling.
-    let _server = Listener::spawn(lbns.name(), format!("{LB_IP}:{PORT}").parse()?)?;
     let dir = std::env::temp_dir().join(format!("lb-bench-{tag}"));
     std::fs::create_dir_all(&dir)?;
     let mut results = Vec::new();
@@ -351,6 +349,15 @@ fn cpu_per_drop(runs: usize, secs: u32) -> Result<Vec<(Guard, Summary, u64)>> {
         let plain = match guard {
             Guard::PlainDrop => Some(PlainDrop::attach(lbns.name(), iface)?),
             _ => None,
+        };
+        // A listener on the VIP, so what passes meets the kernel's real SYN
+        // handling: lb's own sockets when lb runs, else a plain one.
+        let _server = match guard {
+            Guard::Xdp | Guard::XdpSource => None,
+            _ => Some(Listener::spawn(
+                lbns.name(),
+                format!("{LB_IP}:{PORT}").parse()?,
+            )?),
         };
         let lb = match guard {
             Guard::Xdp | Guard::XdpSource => Some(Lb::start(
