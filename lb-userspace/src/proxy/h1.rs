@@ -12,6 +12,12 @@
 //! length is unknown. Responses may be framed by length, chunked (trailers
 //! are dropped), or by the backend closing (then the connection is not
 //! reused). Interim `1xx` answers are skipped.
+//!
+//! Known limit: the request body is sent in full before the response head
+//! is read, so a backend that answers early (say 413) without reading the
+//! rest is heard only after it, or after the pool's `server` timeout if it
+//! stops reading. HAProxy reads both ways at once; so should this, with the
+//! per-connection buffer limits (`maxBufferSize`).
 
 use std::{
     future::poll_fn,
