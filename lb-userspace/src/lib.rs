@@ -8,6 +8,7 @@
 //!   its maps);
 //! - [`instance`]: one `lb` per instance name, pins and their janitor;
 //! - [`stats`]: counters read back from the pinned maps;
+//! - [`limits`]: the profile's axes and levels, defaults, values in force;
 //! - [`pool`]: backend pools, balancing, stickiness, health checks;
 //! - [`proxy`]: per-CPU workers proxying HTTP and TCP to the pools;
 //! - [`admin`]: the admin listener (`/api/status`);
@@ -16,6 +17,7 @@
 pub mod admin;
 pub mod config;
 pub mod instance;
+pub mod limits;
 pub mod pool;
 pub mod proxy;
 pub mod run;

@@ -98,6 +98,7 @@ pub fn run(cfg: &Config) -> Result<()> {
     } else {
         Some(start_xdp(cfg)?)
     };
+    crate::limits::log_disabled(cfg);
     let _enter = rt.enter();
     let proxy = match Proxy::start(cfg) {
         Ok(p) => p,

@@ -20,7 +20,10 @@ use lb_common::{
     bucket, family, maps, programs, RateBucket, VipKey, VipValue, XdpConfig, MAX_VIPS,
 };
 
-use crate::config::{Config, XdpMode};
+use crate::{
+    config::{Config, XdpMode},
+    limits::Axis,
+};
 
 /// The eBPF object built from `lb-ebpf` (see `build.rs`).
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-ebpf"));
@@ -145,11 +148,11 @@ impl Plan {
         };
         let mut buckets = vec![(
             bucket::GLOBAL,
-            rate_bucket(cfg.global.limits.level_conn_rate(), generation),
+            rate_bucket(cfg.global.limits.level(Axis::MaxConnRate), generation),
         )];
         for (i, pool) in cfg.pool.iter().enumerate() {
             if let Some(idx) = u32::try_from(i).ok().and_then(bucket::pool) {
-                let rate = cfg.profile_of(pool).profile_conn_rate();
+                let rate = cfg.profile_of(pool).profile(Axis::MaxConnRate);
                 buckets.push((idx, rate_bucket(rate, generation)));
             }
         }
@@ -167,7 +170,10 @@ impl Plan {
             if vip_index >= MAX_VIPS {
                 continue;
             }
-            buckets.push((fb, rate_bucket(f.limits.level_conn_rate(), generation)));
+            buckets.push((
+                fb,
+                rate_bucket(f.limits.level(Axis::MaxConnRate), generation),
+            ));
             vips.push((
                 vip_key(f.listen.0),
                 VipValue {

@@ -297,7 +297,8 @@ impl Default for FrontendTimeouts {
 /// The eight axes of a limit profile plus the handshake gate. In a
 /// `[profile.NAME]` an absent axis takes its default; in `[global.limits]`
 /// and `[frontend.limits]` an absent axis is not limited at that level. 0
-/// disables an axis everywhere.
+/// disables an axis everywhere. Read them through [`crate::limits`]
+/// (`Limits::profile`, `Limits::level`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Limits {
@@ -319,36 +320,6 @@ pub struct Limits {
     pub max_buffer_size: Option<RangedSize<{ 16 * 1024 }, { 256 * 1024 }>>,
     /// TLS handshakes in flight per CPU (default 256).
     pub max_active_handshakes: Option<Ranged<0, 1_000_000>>,
-}
-
-/// Profile defaults (the table in DESIGN.md).
-pub mod defaults {
-    /// `maxConn`.
-    pub const MAX_CONN: u64 = 20_000;
-    /// `maxConnRate`.
-    pub const MAX_CONN_RATE: u64 = 10_000;
-    /// `maxRetries`.
-    pub const MAX_RETRIES: u64 = 3;
-}
-
-impl Limits {
-    /// `maxConnRate` of a profile: its value or the default.
-    #[must_use]
-    pub fn profile_conn_rate(&self) -> u64 {
-        self.max_conn_rate.map_or(defaults::MAX_CONN_RATE, |r| r.0)
-    }
-
-    /// `maxRetries` of a profile: its value or the default.
-    #[must_use]
-    pub fn profile_retries(&self) -> u64 {
-        self.max_retries.map_or(defaults::MAX_RETRIES, |r| r.0)
-    }
-
-    /// `maxConnRate` at the global or frontend level: 0 (off) when absent.
-    #[must_use]
-    pub fn level_conn_rate(&self) -> u64 {
-        self.max_conn_rate.map_or(0, |r| r.0)
-    }
 }
 
 impl Config {

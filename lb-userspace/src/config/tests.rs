@@ -3,6 +3,7 @@
 use std::path::Path;
 
 use super::{Config, ConfigError};
+use crate::limits::Axis;
 
 const GOOD: &str = r#"
 [global]
@@ -60,10 +61,10 @@ fn one_problem(text: &str) -> String {
 #[test]
 fn a_good_file_loads_with_defaults_and_levels() {
     let c = Config::parse(GOOD, Path::new("lb.toml")).expect("valid");
-    assert_eq!(c.global.limits.level_conn_rate(), 50_000);
-    assert_eq!(c.frontend[0].limits.level_conn_rate(), 5000);
-    assert_eq!(c.frontend[1].limits.level_conn_rate(), 0);
-    assert_eq!(c.profile_of(&c.pool[0]).profile_conn_rate(), 10_000);
+    assert_eq!(c.global.limits.level(Axis::MaxConnRate), 50_000);
+    assert_eq!(c.frontend[0].limits.level(Axis::MaxConnRate), 5000);
+    assert_eq!(c.frontend[1].limits.level(Axis::MaxConnRate), 0);
+    assert_eq!(c.profile_of(&c.pool[0]).profile(Axis::MaxConnRate), 10_000);
     assert_eq!(c.xdp.source_burst(), 200);
     assert_eq!(c.pool_index(&c.frontend[1]), Some(0));
 }

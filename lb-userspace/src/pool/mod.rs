@@ -23,7 +23,10 @@ use std::{
 
 use balance::{Maglev, SmoothRoundRobin};
 
-use crate::config::{self, Algorithm, BackendProtocol, Sticky};
+use crate::{
+    config::{self, Algorithm, BackendProtocol, Sticky},
+    limits::Axis,
+};
 
 /// One backend of a pool.
 #[derive(Debug)]
@@ -150,7 +153,7 @@ impl Pool {
         let settings = PoolSettings {
             connect_timeout: p.timeouts.connect.0,
             server_timeout: p.timeouts.server.0,
-            max_retries: u32::try_from(profile.profile_retries()).unwrap_or(u32::MAX),
+            max_retries: u32::try_from(profile.profile(Axis::MaxRetries)).unwrap_or(u32::MAX),
             protocol: p.protocol,
             sticky: p.sticky,
             sticky_cookie: p.sticky_cookie.clone(),
