@@ -148,6 +148,27 @@ impl Limits {
     }
 }
 
+/// The tightest limit on `axis` for connections of frontend `f`: the
+/// smallest non-zero value among `[global.limits]`, the frontend's limits
+/// and its pool's profile, with the level that sets it (the most specific
+/// one on a tie). None when every level leaves the axis off.
+#[must_use]
+pub fn tightest(cfg: &Config, f: &crate::config::Frontend, axis: Axis) -> Option<(u64, Level)> {
+    let pool = cfg.pool.iter().find(|p| p.name == f.pool);
+    let candidates = [
+        (
+            pool.map_or(0, |p| cfg.profile_of(p).profile(axis)),
+            Level::Pool,
+        ),
+        (f.limits.level(axis), Level::Frontend),
+        (cfg.global.limits.level(axis), Level::Global),
+    ];
+    candidates
+        .into_iter()
+        .filter(|&(v, _)| v > 0)
+        .min_by_key(|&(v, _)| v)
+}
+
 /// The axes each profile turns off (sets to 0), by profile name, in file
 /// order of axes. `lb run` logs them once at load.
 #[must_use]

@@ -50,3 +50,72 @@ maxRetries = 1
     assert!(lines("maxRetries").is_empty(), "1 is not 0:\n{log}");
     assert_eq!(lb.stop(libc::SIGTERM).expect("exit"), Some(0));
 }
+
+#[test]
+fn a_request_head_over_max_buffer_size_gets_431_counted_by_level_and_axis() {
+    use lb_tests::{
+        backend::HttpBackend,
+        client::{curl, status},
+    };
+    let dir = ScratchDir::new("lb-limits");
+    let b = HttpBackend::start("a", "127.0.0.1:0".parse().expect("addr"), None).expect("backend");
+    let (p1, p2, admin) = (
+        free_addr("127.0.0.1"),
+        free_addr("127.0.0.1"),
+        free_addr("127.0.0.1"),
+    );
+    let config = format!(
+        r#"[global]
+instance = "lim{tag}"
+[xdp]
+mode = "off"
+[admin]
+listen = "{admin}"
+[[frontend]]
+name = "by-profile"
+listen = "{p1}"
+pool = "small"
+[[frontend]]
+name = "by-frontend"
+listen = "{p2}"
+pool = "big"
+[frontend.limits]
+maxBufferSize = "16KB"
+[[pool]]
+name = "small"
+profile = "small"
+backends = ["{backend}"]
+[[pool]]
+name = "big"
+backends = ["{backend}"]
+[profile.small]
+maxBufferSize = "16KB"
+"#,
+        backend = b.addr,
+        tag = unique_tag()
+    );
+    let mut lb = Lb::start(None, &dir.join("lb.toml"), &config).expect("lb starts");
+    let header = |kb: usize| format!("x-big: {}", "a".repeat(kb * 1024));
+    for (port, level) in [(p1, "pool"), (p2, "frontend")] {
+        let url = format!("http://{port}/");
+        let ok = curl(&url, &["-H", &header(8)]).expect("curl");
+        assert_eq!(ok.status, 200, "an 8 KiB header fits in 16 KiB");
+        let refused = curl(&url, &["-H", &header(20)]).expect("curl");
+        assert_eq!(refused.status, 431, "{refused:?}");
+        let s = status(admin).expect("status");
+        let f = s["frontends"]
+            .as_array()
+            .and_then(|a| a.iter().find(|f| f["listen"] == port.to_string()).cloned())
+            .expect("frontend");
+        assert_eq!(f["refused"][format!("{level}/maxBufferSize")], 1, "{f}");
+        assert_eq!(f["responses"]["4xx"], 1, "{f}");
+    }
+    let log = lb.log();
+    assert!(
+        log.contains("refused by pool/maxBufferSize: a request head over 16384 bytes (431)"),
+        "{log}"
+    );
+    assert!(log.contains("refused by frontend/maxBufferSize"), "{log}");
+    assert_eq!(b.requests(), 2, "refused heads never reach the backend");
+    assert_eq!(lb.stop(libc::SIGTERM).expect("exit"), Some(0));
+}

@@ -6,6 +6,8 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use serde::Serialize;
 
+use crate::limits::{Axis, Level};
+
 /// Why a connection or request ended early; one counter each.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Timeout {
@@ -39,6 +41,8 @@ pub struct FrontendCounters {
     pub backend_failed: AtomicU64,
     /// Timeouts by kind (see [`Timeout`]).
     pub timeouts: [AtomicU64; 4],
+    /// Refusals by level and axis (`[Level as usize][axis index]`).
+    pub refused: [[AtomicU64; 9]; 3],
 }
 
 impl FrontendCounters {
@@ -51,6 +55,13 @@ impl FrontendCounters {
     /// Counts a timeout.
     pub fn timeout(&self, kind: Timeout) {
         self.timeouts[kind as usize].fetch_add(1, Relaxed);
+    }
+
+    /// Counts a refusal by `axis` at `level`.
+    pub fn refuse(&self, level: Level, axis: Axis) {
+        if let Some(i) = Axis::ALL.iter().position(|&a| a == axis) {
+            self.refused[level as usize][i].fetch_add(1, Relaxed);
+        }
     }
 }
 
@@ -99,6 +110,8 @@ pub struct FrontendTotals {
     pub backend_failed: u64,
     /// Timeouts by kind.
     pub timeouts: TimeoutTotals,
+    /// Refusals, keyed `level/axis` (only those that happened).
+    pub refused: std::collections::BTreeMap<String, u64>,
 }
 
 /// Responses by status class.
@@ -156,6 +169,45 @@ pub fn frontend_totals(workers: &[WorkerCounters], f: usize) -> FrontendTotals {
         t.timeouts.header_read += r(&c.timeouts[Timeout::HeaderRead as usize]);
         t.timeouts.connect += r(&c.timeouts[Timeout::Connect as usize]);
         t.timeouts.server += r(&c.timeouts[Timeout::Server as usize]);
+        for level in [Level::Global, Level::Frontend, Level::Pool] {
+            for (i, axis) in Axis::ALL.iter().enumerate() {
+                let n = r(&c.refused[level as usize][i]);
+                if n > 0 {
+                    *t.refused.entry(format!("{level}/{axis}")).or_default() += n;
+                }
+            }
+        }
     }
     t
+}
+
+/// One worker's log of refusals: a line per kind (frontend, level, axis) at
+/// most once a second, saying how many were not logged in between.
+#[derive(Debug, Default)]
+pub struct RefusalLog {
+    last: std::cell::RefCell<std::collections::HashMap<(Level, Axis), (std::time::Instant, u64)>>,
+}
+
+impl RefusalLog {
+    /// Notes a refusal; logs it unless this kind was logged within a second.
+    pub fn note(&self, frontend: &str, pool: &str, level: Level, axis: Axis, why: &str) {
+        let now = std::time::Instant::now();
+        let mut last = self.last.borrow_mut();
+        let entry = last.entry((level, axis)).or_insert((now, 0));
+        let first = entry.1 == 0 && entry.0 == now;
+        if first || now.duration_since(entry.0) >= std::time::Duration::from_secs(1) {
+            let suppressed = entry.1;
+            *entry = (now, 0);
+            tracing::warn!(
+                frontend,
+                pool,
+                %level,
+                %axis,
+                suppressed,
+                "refused by {level}/{axis}: {why}"
+            );
+        } else {
+            entry.1 += 1;
+        }
+    }
 }

@@ -37,17 +37,28 @@ use super::{
 };
 use crate::{
     config::{BackendProtocol, Sticky},
+    limits::Axis,
     pool::{balance, ActiveGuard, PickKey, Pool},
 };
 
 /// The connection builder of a frontend (one per worker).
+///
+/// `buffer` is the `maxBufferSize` in force: the most a connection buffers
+/// per direction. A request head that does not fit is answered 431 by
+/// hyper (HTTP/2: a header list over it is refused).
 #[must_use]
-pub fn builder() -> auto::Builder<LocalExec> {
+pub fn builder(buffer: Option<u64>) -> auto::Builder<LocalExec> {
     let mut b = auto::Builder::new(LocalExec);
-    b.http1()
-        .keep_alive(true)
+    let mut h1 = b.http1();
+    h1.keep_alive(true)
         .half_close(false)
         .header_read_timeout(None);
+    if let Some(size) = buffer {
+        // hyper's floor is 8 KiB; maxBufferSize's is 16 KiB.
+        h1.max_buf_size(usize::try_from(size).unwrap_or(usize::MAX).max(8192));
+        b.http2()
+            .max_header_list_size(u32::try_from(size).unwrap_or(u32::MAX));
+    }
     b
 }
 
@@ -85,7 +96,12 @@ pub async fn serve(
     }
     loop {
         tokio::select! {
-            _ = conn.as_mut() => break,
+            r = conn.as_mut() => {
+                if let Err(e) = r {
+                    head_too_large(&*e, &ctx);
+                }
+                break;
+            }
             _ = ticker.tick() => match dog.check(&state, tick, t.header_read.0, t.client_idle.0) {
                 Verdict::Fine => {}
                 Verdict::HeaderTimeout => {
@@ -111,6 +127,29 @@ pub async fn serve(
             }
         }
     }
+}
+
+/// Counts and logs a request head refused (431) for `maxBufferSize`.
+fn head_too_large(e: &(dyn std::error::Error + Send + Sync + 'static), ctx: &FrontendCtx) {
+    let too_large = e
+        .downcast_ref::<hyper::Error>()
+        .is_some_and(hyper::Error::is_parse_too_large);
+    if !too_large {
+        return;
+    }
+    let fe = &ctx.shared.frontends[ctx.index];
+    let Some((size, level)) = fe.buffer else {
+        return;
+    };
+    ctx.counters().refuse(level, Axis::MaxBufferSize);
+    ctx.counters().response(431);
+    ctx.refusals.note(
+        &fe.name,
+        &ctx.pool.name,
+        level,
+        Axis::MaxBufferSize,
+        &format!("a request head over {size} bytes (431)"),
+    );
 }
 
 const REQUEST_TIMEOUT: &[u8] = b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain\r\n\

@@ -33,6 +33,7 @@ use tracing::{info, warn};
 
 use crate::{
     config::{Config, FrontendTimeouts, Mode},
+    limits::{self, Axis, Level},
     pool::{self, Picker, Pool},
 };
 use counters::{FrontendCounters, WorkerCounters};
@@ -50,6 +51,8 @@ pub struct FrontendInfo {
     pub pool: usize,
     /// Client-side timeouts.
     pub timeouts: FrontendTimeouts,
+    /// `maxBufferSize` in force and the level that sets it (None: off).
+    pub buffer: Option<(u64, Level)>,
 }
 
 /// What every worker shares: read-mostly, counters per worker.
@@ -81,6 +84,8 @@ pub struct FrontendCtx {
     pub timeouts: FrontendTimeouts,
     /// HTTP connection settings.
     pub http: hyper_util::server::conn::auto::Builder<io::LocalExec>,
+    /// This worker's refusal log lines.
+    pub refusals: counters::RefusalLog,
 }
 
 impl FrontendCtx {
@@ -125,6 +130,7 @@ impl Proxy {
                 listen: f.listen.0,
                 pool: cfg.pool_index(f).unwrap_or(0),
                 timeouts: f.timeouts,
+                buffer: limits::tightest(cfg, f, Axis::MaxBufferSize),
             })
             .collect();
         // Sockets per frontend, then regrouped per worker.

@@ -16,7 +16,7 @@ use super::{
 };
 use crate::pool::PickKey;
 
-/// Copy buffer per direction.
+/// Copy buffer per direction when `maxBufferSize` is off at every level.
 const BUFFER: usize = 64 * 1024;
 
 /// Proxies one client connection.
@@ -77,7 +77,11 @@ pub async fn serve(client: TcpStream, peer: SocketAddr, ctx: Rc<FrontendCtx>) {
     let mut server = Tracked::new(server, Rc::clone(&activity));
     let idle = ctx.timeouts.client_idle.0;
     let tick = (idle / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
-    let copy = tokio::io::copy_bidirectional_with_sizes(&mut client, &mut server, BUFFER, BUFFER);
+    // maxBufferSize: the most held per direction.
+    let buffer = ctx.shared.frontends[ctx.index]
+        .buffer
+        .map_or(BUFFER, |(v, _)| usize::try_from(v).unwrap_or(BUFFER));
+    let copy = tokio::io::copy_bidirectional_with_sizes(&mut client, &mut server, buffer, buffer);
     tokio::pin!(copy);
     let mut ticker = tokio::time::interval(tick);
     let mut last = (0, 0);

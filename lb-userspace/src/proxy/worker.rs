@@ -90,7 +90,8 @@ async fn serve(plan: Plan, shared: Arc<Shared>, mut stop: watch::Receiver<bool>,
             pool,
             upstreams: Rc::clone(&upstreams),
             timeouts: fe.timeouts,
-            http: http::builder(),
+            http: http::builder(fe.buffer.map(|(v, _)| v)),
+            refusals: super::counters::RefusalLog::default(),
         });
         accepting.push(tokio::task::spawn_local(accept_loop(
             listener,
