@@ -119,3 +119,115 @@ maxBufferSize = "16KB"
     assert_eq!(b.requests(), 2, "refused heads never reach the backend");
     assert_eq!(lb.stop(libc::SIGTERM).expect("exit"), Some(0));
 }
+
+/// Opens connections to `addr` from `threads` threads, one request each
+/// (`Connection: close`), as fast as lb takes them, until `until`.
+fn connection_storm(addr: std::net::SocketAddr, threads: usize, until: std::time::Instant) -> u64 {
+    use std::io::{Read as _, Write as _};
+    let handles: Vec<_> = (0..threads)
+        .map(|_| {
+            std::thread::spawn(move || {
+                let mut ok = 0u64;
+                while std::time::Instant::now() < until {
+                    let Ok(mut s) = std::net::TcpStream::connect(addr) else {
+                        continue;
+                    };
+                    let _ = s.set_read_timeout(Some(std::time::Duration::from_secs(10)));
+                    if s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                        .is_ok()
+                    {
+                        let mut out = Vec::new();
+                        if s.read_to_end(&mut out).is_ok() && out.starts_with(b"HTTP/1.1 200") {
+                            ok += 1;
+                        }
+                    }
+                }
+                ok
+            })
+        })
+        .collect();
+    handles.into_iter().map(|h| h.join().unwrap_or(0)).sum()
+}
+
+#[test]
+fn rate_limit_sessions_paces_accepts_within_five_percent_at_200_and_2000_per_second() {
+    use lb_tests::{backend::HttpBackend, client::status};
+    use std::time::{Duration, Instant};
+    let dir = ScratchDir::new("lb-limits");
+    let b = HttpBackend::start("a", "127.0.0.1:0".parse().expect("addr"), None).expect("backend");
+    let (p1, p2, admin) = (
+        free_addr("127.0.0.1"),
+        free_addr("127.0.0.1"),
+        free_addr("127.0.0.1"),
+    );
+    let config = format!(
+        r#"[global]
+instance = "lim{tag}"
+[xdp]
+mode = "off"
+[admin]
+listen = "{admin}"
+[[frontend]]
+name = "slow"
+listen = "{p1}"
+pool = "paced"
+[[frontend]]
+name = "fast"
+listen = "{p2}"
+pool = "default"
+[frontend.limits]
+rateLimitSessions = 2000
+[[pool]]
+name = "paced"
+profile = "paced"
+backends = ["{backend}"]
+[[pool]]
+name = "default"
+backends = ["{backend}"]
+[profile.paced]
+rateLimitSessions = 200
+"#,
+        backend = b.addr,
+        tag = unique_tag()
+    );
+    let mut lb = Lb::start(None, &dir.join("lb.toml"), &config).expect("lb starts");
+    let accepted = |name: &str| -> u64 {
+        let s = status(admin).expect("status");
+        s["frontends"]
+            .as_array()
+            .and_then(|a| a.iter().find(|f| f["name"] == name).cloned())
+            .and_then(|f| f["accepted"].as_u64())
+            .expect("frontend")
+    };
+    for (name, port, rate, threads) in [("slow", p1, 200.0, 8), ("fast", p2, 2000.0, 32)] {
+        let until = Instant::now() + Duration::from_secs(7);
+        let storm = std::thread::spawn(move || connection_storm(port, threads, until));
+        // Measure 5 s in the middle of the storm: the backlog is never empty.
+        std::thread::sleep(Duration::from_secs(1));
+        let (a0, t0) = (accepted(name), Instant::now());
+        std::thread::sleep(Duration::from_secs(5));
+        let (a1, t1) = (accepted(name), Instant::now());
+        let served = storm.join().expect("storm");
+        let measured = (a1 - a0) as f64 / (t1 - t0).as_secs_f64();
+        eprintln!("{name}: {measured:.1} accepts/s against rateLimitSessions = {rate}");
+        assert!(
+            (measured - rate).abs() <= rate * 0.05,
+            "{name}: {measured:.0} accepts/s, configured {rate}"
+        );
+        assert!(served > 0, "clients were served");
+        let s = status(admin).expect("status");
+        let f = s["frontends"]
+            .as_array()
+            .and_then(|a| a.iter().find(|f| f["name"] == name).cloned())
+            .expect("frontend");
+        assert!(f["paced"].as_u64() > Some(0), "{f}");
+        assert_eq!(f["responses"]["5xx"], 0, "pacing refuses nothing: {f}");
+        assert!(
+            f["refused"]
+                .as_object()
+                .is_none_or(serde_json::Map::is_empty),
+            "{f}"
+        );
+    }
+    assert_eq!(lb.stop(libc::SIGTERM).expect("exit"), Some(0));
+}

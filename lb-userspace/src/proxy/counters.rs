@@ -43,6 +43,8 @@ pub struct FrontendCounters {
     pub timeouts: [AtomicU64; 4],
     /// Refusals by level and axis (`[Level as usize][axis index]`).
     pub refused: [[AtomicU64; 9]; 3],
+    /// Accepts that waited for `rateLimitSessions` (paced, not refused).
+    pub paced: AtomicU64,
 }
 
 impl FrontendCounters {
@@ -112,6 +114,8 @@ pub struct FrontendTotals {
     pub timeouts: TimeoutTotals,
     /// Refusals, keyed `level/axis` (only those that happened).
     pub refused: std::collections::BTreeMap<String, u64>,
+    /// Accepts that waited for `rateLimitSessions`.
+    pub paced: u64,
 }
 
 /// Responses by status class.
@@ -163,6 +167,7 @@ pub fn frontend_totals(workers: &[WorkerCounters], f: usize) -> FrontendTotals {
         t.responses.c4 += r(&c.responses[3]);
         t.responses.c5 += r(&c.responses[4]);
         t.retries += r(&c.retries);
+        t.paced += r(&c.paced);
         t.no_backend += r(&c.no_backend);
         t.backend_failed += r(&c.backend_failed);
         t.timeouts.client_idle += r(&c.timeouts[Timeout::ClientIdle as usize]);

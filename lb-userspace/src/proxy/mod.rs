@@ -9,6 +9,7 @@
 //! - [`listen`]: sockets, CPU steering, pinning;
 //! - [`worker`]: a worker thread and its accept loops;
 //! - [`http`] / [`tcp`]: the two frontend modes;
+//! - [`pace`]: accept pacing (`rateLimitSessions`);
 //! - [`upstream`]: backend connections, per worker;
 //! - [`h1`]: HTTP/1.1 to backends inside the request's task;
 //! - [`headers`]: forwarding headers;
@@ -21,6 +22,7 @@ pub mod headers;
 pub mod http;
 pub mod io;
 pub mod listen;
+pub mod pace;
 pub mod tcp;
 pub mod upstream;
 pub mod worker;
@@ -53,6 +55,8 @@ pub struct FrontendInfo {
     pub timeouts: FrontendTimeouts,
     /// `maxBufferSize` in force and the level that sets it (None: off).
     pub buffer: Option<(u64, Level)>,
+    /// `rateLimitSessions` gates that pace its accepts, all levels.
+    pub pacing: Vec<Arc<pace::RateGate>>,
 }
 
 /// What every worker shares: read-mostly, counters per worker.
@@ -121,10 +125,35 @@ impl Proxy {
             .iter()
             .map(|p| Arc::new(Pool::new(cfg, p)))
             .collect();
+        // rateLimitSessions: one gate per level that sets it, shared by the
+        // frontends it covers (the global one by all, a pool's by the
+        // frontends that use the pool).
+        let rate = |l: &crate::config::Limits, profile: bool| {
+            let v = if profile {
+                l.profile(Axis::RateLimitSessions)
+            } else {
+                l.level(Axis::RateLimitSessions)
+            };
+            (v > 0).then(|| Arc::new(pace::RateGate::new(v)))
+        };
+        let global_gate = rate(&cfg.global.limits, false);
+        let pool_gates: Vec<Option<Arc<pace::RateGate>>> = cfg
+            .pool
+            .iter()
+            .map(|p| rate(&cfg.profile_of(p), true))
+            .collect();
         let frontends: Vec<FrontendInfo> = cfg
             .frontend
             .iter()
             .map(|f| FrontendInfo {
+                pacing: [
+                    global_gate.clone(),
+                    rate(&f.limits, false),
+                    cfg.pool_index(f).and_then(|i| pool_gates[i].clone()),
+                ]
+                .into_iter()
+                .flatten()
+                .collect(),
                 name: f.name.clone(),
                 mode: f.mode,
                 listen: f.listen.0,

@@ -139,7 +139,14 @@ async fn accept_loop(
     let counters = &ctx.shared.workers[ctx.worker];
     let mode = ctx.shared.frontends[ctx.index].mode;
     let mut last_error_log: Option<std::time::Instant> = None;
+    let pacing = ctx.shared.frontends[ctx.index].pacing.clone();
+    let gates: Vec<&super::pace::RateGate> = pacing.iter().map(AsRef::as_ref).collect();
     loop {
+        // rateLimitSessions: wait (connections stay in the backlog) until
+        // every level's gate allows one more.
+        if !gates.is_empty() && super::pace::admit(&gates).await {
+            ctx.counters().paced.fetch_add(1, Relaxed);
+        }
         let (stream, peer) = match listener.accept().await {
             Ok(x) => x,
             Err(e) => {
