@@ -180,3 +180,33 @@ pub fn h2load(url: &str, args: &[&str]) -> Result<Load> {
         status_2xx: number_before(codes, "2xx").unwrap_or(0),
     })
 }
+
+/// The frontend called `name` in an `/api/status` answer.
+///
+/// # Panics
+/// There is none.
+#[must_use]
+pub fn frontend_in(status: &serde_json::Value, name: &str) -> serde_json::Value {
+    status["frontends"]
+        .as_array()
+        .and_then(|a| a.iter().find(|f| f["name"] == name))
+        .cloned()
+        .unwrap_or_else(|| panic!("no frontend {name} in {status:#}"))
+}
+
+/// The backend at `addr` (in any pool) in an `/api/status` answer.
+///
+/// # Panics
+/// There is none.
+#[must_use]
+pub fn backend_in(status: &serde_json::Value, addr: SocketAddr) -> serde_json::Value {
+    status["pools"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|p| p["backends"].as_array())
+        .flatten()
+        .find(|b| b["address"] == addr.to_string())
+        .cloned()
+        .unwrap_or_else(|| panic!("no backend {addr} in {status:#}"))
+}

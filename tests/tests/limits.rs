@@ -55,7 +55,7 @@ maxRetries = 1
 fn a_request_head_over_max_buffer_size_gets_431_counted_by_level_and_axis() {
     use lb_tests::{
         backend::HttpBackend,
-        client::{curl, status},
+        client::{curl, frontend_in, status},
     };
     let dir = ScratchDir::new("lb-limits");
     let b = HttpBackend::start("a", "127.0.0.1:0".parse().expect("addr"), None).expect("backend");
@@ -96,17 +96,13 @@ maxBufferSize = "16KB"
     );
     let mut lb = Lb::start(None, &dir.join("lb.toml"), &config).expect("lb starts");
     let header = |kb: usize| format!("x-big: {}", "a".repeat(kb * 1024));
-    for (port, level) in [(p1, "pool"), (p2, "frontend")] {
+    for (name, port, level) in [("by-profile", p1, "pool"), ("by-frontend", p2, "frontend")] {
         let url = format!("http://{port}/");
         let ok = curl(&url, &["-H", &header(8)]).expect("curl");
         assert_eq!(ok.status, 200, "an 8 KiB header fits in 16 KiB");
         let refused = curl(&url, &["-H", &header(20)]).expect("curl");
         assert_eq!(refused.status, 431, "{refused:?}");
-        let s = status(admin).expect("status");
-        let f = s["frontends"]
-            .as_array()
-            .and_then(|a| a.iter().find(|f| f["listen"] == port.to_string()).cloned())
-            .expect("frontend");
+        let f = frontend_in(&status(admin).expect("status"), name);
         assert_eq!(f["refused"][format!("{level}/maxBufferSize")], 1, "{f}");
         assert_eq!(f["responses"]["4xx"], 1, "{f}");
     }
@@ -151,7 +147,10 @@ fn connection_storm(addr: std::net::SocketAddr, threads: usize, until: std::time
 
 #[test]
 fn rate_limit_sessions_paces_accepts_within_five_percent_at_200_and_2000_per_second() {
-    use lb_tests::{backend::HttpBackend, client::status};
+    use lb_tests::{
+        backend::HttpBackend,
+        client::{frontend_in, status},
+    };
     use std::time::{Duration, Instant};
     let dir = ScratchDir::new("lb-limits");
     let b = HttpBackend::start("a", "127.0.0.1:0".parse().expect("addr"), None).expect("backend");
@@ -192,12 +191,9 @@ rateLimitSessions = 200
     );
     let mut lb = Lb::start(None, &dir.join("lb.toml"), &config).expect("lb starts");
     let accepted = |name: &str| -> u64 {
-        let s = status(admin).expect("status");
-        s["frontends"]
-            .as_array()
-            .and_then(|a| a.iter().find(|f| f["name"] == name).cloned())
-            .and_then(|f| f["accepted"].as_u64())
-            .expect("frontend")
+        frontend_in(&status(admin).expect("status"), name)["accepted"]
+            .as_u64()
+            .expect("accepted")
     };
     for (name, port, rate, threads) in [("slow", p1, 200.0, 8), ("fast", p2, 2000.0, 32)] {
         let until = Instant::now() + Duration::from_secs(7);
@@ -215,11 +211,7 @@ rateLimitSessions = 200
             "{name}: {measured:.0} accepts/s, configured {rate}"
         );
         assert!(served > 0, "clients were served");
-        let s = status(admin).expect("status");
-        let f = s["frontends"]
-            .as_array()
-            .and_then(|a| a.iter().find(|f| f["name"] == name).cloned())
-            .expect("frontend");
+        let f = frontend_in(&status(admin).expect("status"), name);
         assert!(f["paced"].as_u64() > Some(0), "{f}");
         assert_eq!(f["responses"]["5xx"], 0, "pacing refuses nothing: {f}");
         assert!(

@@ -14,7 +14,7 @@ use std::{
 
 use lb_tests::{
     backend::HttpBackend,
-    client::{curl, dead_addr, free_addr, h2load, status},
+    client::{backend_in, curl, dead_addr, free_addr, frontend_in, h2load, status},
     lb::Lb,
     unique_tag, ScratchDir,
 };
@@ -54,22 +54,11 @@ fn backends(names: &[&str]) -> Vec<HttpBackend> {
 }
 
 fn frontend_status(admin: SocketAddr, name: &str) -> serde_json::Value {
-    let s = status(admin).expect("status");
-    s["frontends"]
-        .as_array()
-        .and_then(|f| f.iter().find(|f| f["name"] == name).cloned())
-        .unwrap_or_else(|| panic!("no frontend {name} in {s}"))
+    frontend_in(&status(admin).expect("status"), name)
 }
 
 fn backend_status(admin: SocketAddr, addr: SocketAddr) -> serde_json::Value {
-    let s = status(admin).expect("status");
-    s["pools"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .flat_map(|p| p["backends"].as_array().cloned().unwrap_or_default())
-        .find(|b| b["address"] == addr.to_string())
-        .unwrap_or_else(|| panic!("no backend {addr} in {s}"))
+    backend_in(&status(admin).expect("status"), addr)
 }
 
 /// Polls until backend `addr` is up (or down), up to 10 s.

@@ -17,7 +17,7 @@ use std::{
 
 use lb_tests::{
     backend::HttpBackend,
-    client::{curl_in, h2load, Load},
+    client::{curl_in, frontend_in, h2load, Load},
     have_root, have_tool,
     lb::{lb_cmd, Lb},
     netns::{run_in, Topology},
@@ -129,12 +129,7 @@ impl Setup {
     }
 
     fn frontend(&self, name: &str) -> Value {
-        let s = self.status();
-        s["frontends"]
-            .as_array()
-            .and_then(|a| a.iter().find(|f| f["name"] == name))
-            .cloned()
-            .unwrap_or_else(|| panic!("no frontend {name} in {s:#}"))
+        frontend_in(&self.status(), name)
     }
 
     /// The SYN counters of one VIP from `lb stats --json`.

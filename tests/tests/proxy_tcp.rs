@@ -19,7 +19,12 @@ use std::{
     time::{Duration, Instant},
 };
 
-use lb_tests::{backend::EchoBackend, client::status, lb::Lb, unique_tag, ScratchDir};
+use lb_tests::{
+    backend::EchoBackend,
+    client::{backend_in, frontend_in, status},
+    lb::Lb,
+    unique_tag, ScratchDir,
+};
 use serde_json::Value;
 
 /// `n` distinct free ports on `ip`, all bound at once and then released
@@ -71,24 +76,12 @@ listen = "{admin}"
 
     /// The frontend called `name` in `/api/status`.
     fn frontend(&self, name: &str) -> Value {
-        let s = self.status();
-        s["frontends"]
-            .as_array()
-            .and_then(|a| a.iter().find(|f| f["name"] == name))
-            .cloned()
-            .unwrap_or_else(|| panic!("no frontend {name} in {s:#}"))
+        frontend_in(&self.status(), name)
     }
 
-    /// The backend at `addr` of pool `pool` in `/api/status`.
-    fn backend(&self, pool: &str, addr: SocketAddr) -> Value {
-        let s = self.status();
-        s["pools"]
-            .as_array()
-            .and_then(|a| a.iter().find(|p| p["name"] == pool))
-            .and_then(|p| p["backends"].as_array())
-            .and_then(|b| b.iter().find(|b| b["address"] == addr.to_string()))
-            .cloned()
-            .unwrap_or_else(|| panic!("no backend {addr} in pool {pool}: {s:#}"))
+    /// The backend at `addr` in `/api/status`.
+    fn backend(&self, addr: SocketAddr) -> Value {
+        backend_in(&self.status(), addr)
     }
 
     /// Polls until `cond` holds (20 s at most).
@@ -226,14 +219,14 @@ backends = ["{backend}"]
         assert_eq!(num(&f, "backendFailed"), 0, "{name}: {f:#}");
         assert_eq!(num(&f, "noBackend"), 0, "{name}: {f:#}");
     }
-    let b = lb.backend("echo", echo_backend.addr);
+    let b = lb.backend(echo_backend.addr);
     assert_eq!(num(&b, "sent"), 16, "{b:#}");
     assert_eq!(num(&b, "connectErrors"), 0, "{b:#}");
     // Every connection has ended on lb's side too.
     lb.wait_for("no connection left open", |lb| {
         num(&lb.frontend("v4"), "active") == 0
             && num(&lb.frontend("v6"), "active") == 0
-            && num(&lb.backend("echo", echo_backend.addr), "active") == 0
+            && num(&lb.backend(echo_backend.addr), "active") == 0
     });
     lb.stop();
 }
@@ -284,7 +277,7 @@ maxRetries = 0
     assert!(num(&f, "retries") > 0, "retries counted: {f:#}");
     assert_eq!(num(&f, "backendFailed"), 0, "{f:#}");
     assert_eq!(num(&f, "requests"), 20, "{f:#}");
-    let d = lb.backend("flaky", dead);
+    let d = lb.backend(dead);
     assert!(
         num(&d, "connectErrors") > 0,
         "dead backend's failures: {d:#}"
@@ -294,7 +287,7 @@ maxRetries = 0
         num(&f, "retries"),
         "each failed connect was retried once: {d:#} {f:#}"
     );
-    let live = lb.backend("flaky", echo_backend.addr);
+    let live = lb.backend(echo_backend.addr);
     assert_eq!(num(&live, "connectErrors"), 0, "{live:#}");
 
     // With no retries and no live backend, the client is accepted and then
@@ -309,7 +302,7 @@ maxRetries = 0
     assert_eq!(num(&f, "backendFailed"), 1, "{f:#}");
     assert_eq!(num(&f, "retries"), 0, "maxRetries = 0: {f:#}");
     assert_eq!(num(&f, "noBackend"), 0, "a backend was tried: {f:#}");
-    let d = lb.backend("gone", dead_only);
+    let d = lb.backend(dead_only);
     assert_eq!(num(&d, "connectErrors"), 1, "one attempt only: {d:#}");
     lb.stop();
 }
@@ -334,7 +327,7 @@ health = {{ kind = "tcp", interval = "200ms", timeout = "200ms", fall = 1, rise 
 "#
         ),
     );
-    let is_up = |lb: &Running| lb.backend("p", backend)["up"].as_bool();
+    let is_up = |lb: &Running| lb.backend(backend)["up"].as_bool();
 
     lb.wait_for("the dead backend marked down", |lb| {
         is_up(lb) == Some(false)
@@ -348,7 +341,7 @@ health = {{ kind = "tcp", interval = "200ms", timeout = "200ms", fall = 1, rise 
     assert_eq!(num(&f, "noBackend"), 1, "{f:#}");
     assert_eq!(num(&f, "retries"), 0, "{f:#}");
     assert_eq!(num(&f, "backendFailed"), 0, "nothing was tried: {f:#}");
-    let b = lb.backend("p", backend);
+    let b = lb.backend(backend);
     assert_eq!(
         num(&b, "sent"),
         0,
@@ -363,7 +356,7 @@ health = {{ kind = "tcp", interval = "200ms", timeout = "200ms", fall = 1, rise 
     assert_same("after the backend came back", &echo(fe, &sent), &sent);
     // (The backend also accepts the health checks' connects: count in lb.)
     assert!(echo_backend.connections() >= 1);
-    let b = lb.backend("p", backend);
+    let b = lb.backend(backend);
     assert_eq!(num(&b, "sent"), 1, "{b:#}");
     let f = lb.frontend("fe");
     assert_eq!(num(&f, "noBackend"), 1, "{f:#}");
@@ -406,7 +399,7 @@ backends = ["{}", "{}"]
     );
     let sent: Vec<u64> = [b1.addr, b2.addr]
         .iter()
-        .map(|&b| num(&lb.backend("p", b), "sent"))
+        .map(|&b| num(&lb.backend(b), "sent"))
         .collect();
     assert_eq!(sent.iter().sum::<u64>(), 10, "{sent:?}");
     assert!(sent.contains(&10), "/api/status agrees: {sent:?}");

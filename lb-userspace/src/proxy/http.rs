@@ -32,6 +32,7 @@ use super::{
     counters::Timeout,
     h1, headers,
     io::{ConnState, InFlight, LocalExec, SendStream, Tracked},
+    tries::Tries,
     upstream::{ReqBody, Sender},
     FrontendCtx,
 };
@@ -303,19 +304,9 @@ async fn proxy(
             ReqBody::Client(body)
         },
     ));
-    let mut tried: Vec<usize> = Vec::new();
-    let attempts = 1 + settings.max_retries as usize;
-    while tried.len() < attempts {
-        let Some(index) = pool.pick_retry(&mut ctx.picker.borrow_mut(), &key, &tried) else {
-            break;
-        };
-        if !tried.is_empty() {
-            counters.retries.fetch_add(1, Relaxed);
-        }
-        tried.push(index);
-        let backend = &pool.backends[index];
-        let addr = backend.addr;
-        let guard = pool.track(index);
+    let mut tries = Tries::new(ctx);
+    while let Some((index, guard)) = tries.next(ctx, &key) {
+        let addr = pool.backends[index].addr;
         let sender = match ctx.upstreams.reuse(addr, settings.protocol) {
             Some(s) => s,
             None => match ctx
@@ -324,15 +315,11 @@ async fn proxy(
                 .await
             {
                 Ok(s) => {
-                    backend.connects.fetch_add(1, Relaxed);
+                    Tries::connected(ctx, index);
                     s
                 }
                 Err(e) => {
-                    backend.connect_errors.fetch_add(1, Relaxed);
-                    if matches!(e, super::upstream::ConnectError::Timeout(_)) {
-                        counters.timeout(Timeout::Connect);
-                    }
-                    tracing::debug!(pool = %pool.name, backend = %addr, error = %e, "backend connect failed");
+                    Tries::connect_failed(ctx, index, &e);
                     continue;
                 }
             },
@@ -366,9 +353,7 @@ async fn proxy(
             }
         }
     }
-    counters.backend_failed.fetch_add(1, Relaxed);
-    if tried.is_empty() {
-        counters.no_backend.fetch_add(1, Relaxed);
+    if tries.give_up(ctx) {
         return error(
             StatusCode::SERVICE_UNAVAILABLE,
             "no backend of the pool is up",

@@ -9,6 +9,7 @@
 //! - [`listen`]: sockets, CPU steering, pinning;
 //! - [`worker`]: a worker thread and its accept loops;
 //! - [`http`] / [`tcp`]: the two frontend modes;
+//! - [`tries`]: backend tries and retries, for both modes;
 //! - [`pace`]: accept pacing (`rateLimitSessions`);
 //! - [`upstream`]: backend connections, per worker;
 //! - [`h1`]: HTTP/1.1 to backends inside the request's task;
@@ -24,6 +25,7 @@ pub mod io;
 pub mod listen;
 pub mod pace;
 pub mod tcp;
+pub mod tries;
 pub mod upstream;
 pub mod worker;
 

@@ -12,7 +12,8 @@ use tokio::net::TcpStream;
 use super::{
     counters::Timeout,
     io::{ConnState, Tracked},
-    FrontendCtx,
+    tries::Tries,
+    upstream, FrontendCtx,
 };
 use crate::pool::PickKey;
 
@@ -33,45 +34,23 @@ pub async fn serve(client: TcpStream, peer: SocketAddr, ctx: Rc<FrontendCtx>) {
         header_hash: None,
         cookie: None,
     };
-    let settings = &pool.settings;
-    let attempts = 1 + settings.max_retries as usize;
-    let mut tried = Vec::new();
+    let mut tries = Tries::new(&ctx);
     let mut connected = None;
-    while tried.len() < attempts {
-        let Some(index) = pool.pick_retry(&mut ctx.picker.borrow_mut(), &key, &tried) else {
-            break;
-        };
-        if !tried.is_empty() {
-            counters.retries.fetch_add(1, Relaxed);
-        }
-        tried.push(index);
-        let backend = &pool.backends[index];
-        let guard = pool.track(index);
-        match tokio::time::timeout(settings.connect_timeout, TcpStream::connect(backend.addr)).await
-        {
-            Ok(Ok(s)) => {
-                backend.connects.fetch_add(1, Relaxed);
+    while let Some((index, guard)) = tries.next(&ctx, &key) {
+        let addr = pool.backends[index].addr;
+        match upstream::connect_tcp(addr, pool.settings.connect_timeout).await {
+            Ok(s) => {
+                Tries::connected(&ctx, index);
                 connected = Some((s, guard));
                 break;
             }
-            Ok(Err(e)) => {
-                backend.connect_errors.fetch_add(1, Relaxed);
-                tracing::debug!(pool = %pool.name, backend = %backend.addr, error = %e, "backend connect failed");
-            }
-            Err(_) => {
-                backend.connect_errors.fetch_add(1, Relaxed);
-                counters.timeout(Timeout::Connect);
-            }
+            Err(e) => Tries::connect_failed(&ctx, index, &e),
         }
     }
     let Some((server, _guard)) = connected else {
-        counters.backend_failed.fetch_add(1, Relaxed);
-        if tried.is_empty() {
-            counters.no_backend.fetch_add(1, Relaxed);
-        }
+        tries.give_up(&ctx);
         return;
     };
-    let _ = server.set_nodelay(true);
     let activity = Rc::new(ConnState::default());
     let mut client = Tracked::new(client, Rc::clone(&activity));
     let mut server = Tracked::new(server, Rc::clone(&activity));

@@ -133,10 +133,7 @@ impl Upstreams {
         protocol: BackendProtocol,
         timeout: Duration,
     ) -> Result<Sender, ConnectError> {
-        let stream = tokio::time::timeout(timeout, TcpStream::connect(addr))
-            .await
-            .map_err(|_| ConnectError::Timeout(timeout))??;
-        stream.set_nodelay(true)?;
+        let stream = connect_tcp(addr, timeout).await?;
         match protocol {
             BackendProtocol::Http1 => Ok(Sender::H1(h1::Conn::new(stream, addr))),
             BackendProtocol::H2 => {
@@ -160,4 +157,16 @@ impl Upstreams {
             list.push(conn);
         }
     }
+}
+
+/// A TCP connection to a backend within `timeout`, with `TCP_NODELAY`.
+///
+/// # Errors
+/// See [`ConnectError`].
+pub async fn connect_tcp(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, ConnectError> {
+    let stream = tokio::time::timeout(timeout, TcpStream::connect(addr))
+        .await
+        .map_err(|_| ConnectError::Timeout(timeout))??;
+    stream.set_nodelay(true)?;
+    Ok(stream)
 }

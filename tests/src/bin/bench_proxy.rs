@@ -24,7 +24,10 @@ use std::{
 };
 
 use anyhow::{bail, ensure, Context as _, Result};
-use lb_tests::harness::pin_to_cpu;
+use lb_tests::{
+    harness::pin_to_cpu,
+    report::{clk_tck, cpu_and_kernel, first_line, summarize, Summary},
+};
 
 /// Where the proxies run (one worker each).
 const PROXY_CPU: usize = 0;
@@ -549,16 +552,6 @@ fn check_answers(t: Target) -> Result<()> {
 
 // ---- CPU accounting ------------------------------------------------------
 
-fn clk_tck() -> f64 {
-    // SAFETY: sysconf has no preconditions.
-    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    if t > 0 {
-        t as f64
-    } else {
-        100.0
-    }
-}
-
 /// The fields of /proc/PID/stat after the command name: field 3 (state)
 /// is index 0.
 fn stat_fields(pid: u32) -> Option<Vec<u64>> {
@@ -1065,30 +1058,6 @@ fn fixed_rate(port: u16, rate: f64, secs: f64) -> Result<RateRun> {
 
 // ---- summaries -----------------------------------------------------------
 
-/// Median and range of a sample.
-#[derive(Clone, Copy)]
-struct Summary {
-    median: f64,
-    min: f64,
-    max: f64,
-}
-
-fn summarize(mut v: Vec<f64>) -> Summary {
-    if v.is_empty() {
-        return Summary {
-            median: f64::NAN,
-            min: f64::NAN,
-            max: f64::NAN,
-        };
-    }
-    v.sort_by(f64::total_cmp);
-    Summary {
-        median: v[v.len() / 2],
-        min: v[0],
-        max: v[v.len() - 1],
-    }
-}
-
 fn fmt(s: Summary, decimals: usize) -> String {
     if s.median.is_nan() {
         return "–".into();
@@ -1176,21 +1145,6 @@ fn round_order<const N: usize>(targets: [Target; N], r: usize) -> [Target; N] {
 
 // ---- the report ----------------------------------------------------------
 
-fn first_line(cmd: &str, args: &[&str]) -> String {
-    Command::new(cmd)
-        .args(args)
-        .output()
-        .map(|o| {
-            let t = format!(
-                "{}{}",
-                String::from_utf8_lossy(&o.stdout),
-                String::from_utf8_lossy(&o.stderr)
-            );
-            t.lines().next().unwrap_or("").trim().to_owned()
-        })
-        .unwrap_or_else(|_| "not found".into())
-}
-
 fn lb_version() -> String {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let root = root.to_string_lossy();
@@ -1207,20 +1161,9 @@ fn lb_version() -> String {
 }
 
 fn machine() -> String {
-    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let model = cpuinfo
-        .lines()
-        .find(|l| l.starts_with("model name"))
-        .and_then(|l| l.split(':').nth(1))
-        .unwrap_or("unknown")
-        .trim()
-        .to_owned();
-    // SAFETY: sysconf has no preconditions.
-    let cores = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
     format!(
-        "- CPU: {model}, {cores} cores\n- kernel: {}\n- HAProxy: {}\n- nginx: {}\n\
-         - wrk: {}\n- lb: {}\n- date: {}\n",
-        first_line("uname", &["-r"]),
+        "{}- HAProxy: {}\n- nginx: {}\n- wrk: {}\n- lb: {}\n- date: {}\n",
+        cpu_and_kernel(),
         first_line("/usr/sbin/haproxy", &["-v"]),
         first_line("/usr/sbin/nginx", &["-v"]),
         first_line("wrk", &["-v"]),

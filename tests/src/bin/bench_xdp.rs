@@ -10,11 +10,7 @@
 //!    nftables `ct state new ... limit rate over` in an inet input chain,
 //!    nftables at the netdev ingress hook, and no protection at all.
 
-use std::{
-    fmt::Write as _,
-    path::PathBuf,
-    process::{Command, Stdio},
-};
+use std::{fmt::Write as _, path::PathBuf, process::Stdio};
 
 use anyhow::{bail, Context as _, Result};
 use lb_common::programs;
@@ -23,6 +19,7 @@ use lb_tests::{
     lb::Lb,
     netns::{Listener, Netns, Topology},
     packet::{self, flags},
+    report::{clk_tck, cpu_and_kernel, first_line, summarize, Summary},
 };
 
 const VIP: [u8; 4] = [10, 0, 0, 1];
@@ -54,23 +51,6 @@ fn opts() -> Result<Opts> {
         }
     }
     Ok(Opts { out, quick, part })
-}
-
-/// Median and range of a sample.
-#[derive(Clone, Copy)]
-struct Summary {
-    median: f64,
-    min: f64,
-    max: f64,
-}
-
-fn summarize(mut v: Vec<f64>) -> Summary {
-    v.sort_by(f64::total_cmp);
-    Summary {
-        median: v[v.len() / 2],
-        min: v[0],
-        max: v[v.len() - 1],
-    }
 }
 
 fn fmt(s: Summary, unit: &str) -> String {
@@ -158,16 +138,6 @@ fn softirq_jiffies(cpu: usize) -> Result<u64> {
         .nth(7)
         .and_then(|v| v.parse().ok())
         .context("softirq column")
-}
-
-fn clk_tck() -> f64 {
-    // SAFETY: sysconf has no preconditions.
-    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    if t > 0 {
-        t as f64
-    } else {
-        100.0
-    }
 }
 
 /// Floods SYNs as fast as hping3 goes (`--flood`, which ignores `-c`) for
@@ -448,36 +418,10 @@ impl Drop for PlainDrop {
 
 // ---- the report ----------------------------------------------------------
 
-fn first_line(cmd: &str, args: &[&str]) -> String {
-    Command::new(cmd)
-        .args(args)
-        .output()
-        .map(|o| {
-            let t = format!(
-                "{}{}",
-                String::from_utf8_lossy(&o.stdout),
-                String::from_utf8_lossy(&o.stderr)
-            );
-            t.lines().next().unwrap_or("").trim().to_owned()
-        })
-        .unwrap_or_else(|_| "not found".into())
-}
-
 fn machine() -> String {
-    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let model = cpuinfo
-        .lines()
-        .find(|l| l.starts_with("model name"))
-        .and_then(|l| l.split(':').nth(1))
-        .unwrap_or("unknown")
-        .trim()
-        .to_owned();
-    // Not available_parallelism: this thread is pinned to one CPU by now.
-    // SAFETY: sysconf has no preconditions.
-    let cores = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
     format!(
-        "- CPU: {model}, {cores} cores\n- kernel: {}\n- hping3: {}\n- nft: {}\n",
-        first_line("uname", &["-r"]),
+        "{}- hping3: {}\n- nft: {}\n",
+        cpu_and_kernel(),
         first_line("dpkg-query", &["-W", "-f=${Version}", "hping3"]),
         first_line("nft", &["--version"]),
     )
