@@ -26,8 +26,11 @@ pub mod maps {
     /// Per-CPU [`crate::VipCounters`], indexed by [`crate::VipValue::vip_index`].
     pub const VIP_STATS: &str = "vip_stats";
 
+    /// [`crate::PoolState`] per level, indexed like `buckets`; mmap-able.
+    pub const POOL_STATE: &str = "pool_state";
+
     /// Every map the daemon pins, in the order `lb stats` reads them.
-    pub const ALL: [&str; 7] = [
+    pub const ALL: [&str; 8] = [
         CONFIG,
         VIPS,
         BUCKETS,
@@ -35,6 +38,7 @@ pub mod maps {
         SOURCES,
         COUNTERS,
         VIP_STATS,
+        POOL_STATE,
     ];
 }
 
@@ -108,8 +112,26 @@ pub struct XdpConfig {
     pub source_interval_ns: u64,
     /// Per-source burst as time: `sourceSynBurst` × `source_interval_ns`.
     pub source_tau_ns: u64,
+    /// What to do with a SYN to a VIP whose pool is saturated
+    /// ([`PoolState::saturated`]): one of [`overflow`]. Unknown values act
+    /// as [`overflow::PASS`].
+    pub overflow: u32,
+    /// Always zero.
+    pub _pad: u32,
 }
-const _: () = assert!(core::mem::size_of::<XdpConfig>() == 16);
+const _: () = assert!(core::mem::size_of::<XdpConfig>() == 24);
+
+/// Values of [`XdpConfig::overflow`] (`[xdp] overflow`).
+pub mod overflow {
+    /// Leave the SYN to the rate levels and the proxy (which answers 503 or
+    /// closes). The default.
+    pub const PASS: u32 = 0;
+    /// Answer the SYN at once with a TCP RST|ACK sent back out of the
+    /// interface (`XDP_TX`); the kernel never sees the SYN.
+    pub const RST: u32 = 1;
+    /// Drop the SYN; the client retransmits it after its SYN timeout.
+    pub const DROP: u32 = 2;
+}
 
 /// Key of the `vips` map: a frontend's listen address and port.
 #[repr(C)]
@@ -238,16 +260,46 @@ pub struct VipCounters {
     pub drop_frontend: u64,
     /// Dropped by the pool profile's `maxConnRate`.
     pub drop_pool: u64,
+    /// Refused because the VIP's pool was saturated
+    /// ([`PoolState::saturated`]), by the action `[xdp] overflow` names:
+    /// answered with a RST ([`overflow::RST`]) or dropped
+    /// ([`overflow::DROP`]). Checked before the rate levels, so these SYNs
+    /// spend no rate tokens. Not part of [`Self::dropped`]: a RST is an
+    /// answer, not a drop, and `lb stats` shows this count on its own line.
+    pub overflow: u64,
 }
-const _: () = assert!(core::mem::size_of::<VipCounters>() == 40);
+const _: () = assert!(core::mem::size_of::<VipCounters>() == 48);
 
 impl VipCounters {
-    /// All drops, whatever the reason.
+    /// All drops by a rate limit, whatever the level. Excludes
+    /// [`Self::overflow`].
     #[must_use]
     pub const fn dropped(&self) -> u64 {
         self.drop_source + self.drop_global + self.drop_frontend + self.drop_pool
     }
 }
+
+/// `maxConn` accounting of one level (`pool_state`, indexed like `buckets`:
+/// global, frontends, pools). The daemon's workers (and a second `lb`
+/// process started with `--join`) update it with atomics through a shared
+/// mapping; XDP reads `saturated` of a VIP's pool.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PoolState {
+    /// Slots taken: connections (TCP, and client connections at the global
+    /// and frontend levels) or requests in flight to the pool (HTTP).
+    pub active: u64,
+    /// Waiting in the pool's queue.
+    pub queued: u64,
+    /// `maxConn` in force; 0 = not limited.
+    pub limit: u64,
+    /// 1 while at `limit` with the queue full: XDP applies `xdp.overflow`.
+    pub saturated: u64,
+}
+const _: () = assert!(core::mem::size_of::<PoolState>() == 32);
+
+/// `BPF_F_MMAPABLE`: the flag that lets userspace map an array's memory.
+pub const BPF_F_MMAPABLE: usize = 1024;
 
 #[cfg(feature = "user")]
 mod pod {
@@ -263,4 +315,5 @@ mod pod {
     unsafe impl aya::Pod for super::SourceBucket {}
     unsafe impl aya::Pod for super::PacketCounters {}
     unsafe impl aya::Pod for super::VipCounters {}
+    unsafe impl aya::Pod for super::PoolState {}
 }

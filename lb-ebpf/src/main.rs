@@ -9,6 +9,14 @@
 //! counted by reason in the VIP's per-CPU `vip_stats`. Nothing is ever
 //! `XDP_ABORTED`: what cannot be parsed is passed.
 //!
+//! With `[xdp] overflow` set to `rst` or `drop`, a SYN to a VIP whose pool
+//! is saturated (`pool_state`, kept by userspace) is refused before the
+//! levels: answered with a RST ([`rst`], `XDP_TX`) or dropped, and counted
+//! as `overflow`. It is checked first because such a SYN would be refused
+//! by the proxy anyway, and should not spend rate tokens that admissible
+//! SYNs need once the pool has room again. With `pass` (the default) the
+//! pool's state is not even read.
+//!
 //! Maps are BTF maps so `bpftool map dump` prints field names. Userspace
 //! (`lb-userspace`, module `xdp`) owns every write except the buckets' and
 //! sources' state and the counters.
@@ -20,22 +28,24 @@
 mod atomic;
 mod limit;
 mod parse;
+mod rst;
 
 use aya_ebpf::{
-    bindings::xdp_action::{XDP_DROP, XDP_PASS},
+    bindings::xdp_action::{XDP_DROP, XDP_PASS, XDP_TX},
     btf_maps::{Array, HashMap, LruHashMap, PerCpuArray},
     macros::{btf_map, xdp},
     programs::XdpContext,
 };
 use lb_common::{
-    BucketCache, PacketCounters, RateBucket, SourceBucket, SourceKey, VipCounters, VipKey,
-    VipValue, XdpConfig, MAX_BUCKETS, MAX_SOURCES, MAX_VIPS,
+    overflow, BucketCache, PacketCounters, PoolState, RateBucket, SourceBucket, SourceKey,
+    VipCounters, VipKey, VipValue, XdpConfig, BPF_F_MMAPABLE, MAX_BUCKETS, MAX_SOURCES, MAX_VIPS,
 };
 use limit::Clock;
 use parse::{Parsed, Syn};
 
-/// Process-wide XDP settings (per-source limit). One entry; written by
-/// userspace, read on each SYN to a VIP. Shared, not per-CPU.
+/// Process-wide XDP settings (per-source limit, overflow action). One
+/// entry; written by userspace, read on each SYN to a VIP. Shared, not
+/// per-CPU.
 #[btf_map(name = "config")]
 static CONFIG: Array<XdpConfig, 1> = Array::new();
 
@@ -72,6 +82,12 @@ static COUNTERS: PerCpuArray<PacketCounters, 1> = PerCpuArray::new();
 #[btf_map(name = "vip_stats")]
 static VIP_STATS: PerCpuArray<VipCounters, { MAX_VIPS as usize }> = PerCpuArray::new();
 
+/// `maxConn` accounting per level, indexed like `buckets` (global,
+/// frontends, pools). Userspace maps it (`BPF_F_MMAPABLE`) and keeps the
+/// counts with atomics; the program reads a pool's `saturated`.
+#[btf_map(name = "pool_state")]
+static POOL_STATE: Array<PoolState, { MAX_BUCKETS as usize }, BPF_F_MMAPABLE> = Array::new();
+
 /// The SYN limiter, attached to the configured interfaces.
 #[xdp]
 pub fn lb_xdp(ctx: XdpContext) -> u32 {
@@ -86,7 +102,7 @@ pub fn lb_xdp(ctx: XdpContext) -> u32 {
         Parsed::Fragment => count(&raw mut counters.fragment),
         Parsed::NotTcp => count(&raw mut counters.not_tcp),
         Parsed::TcpNotSyn => count(&raw mut counters.tcp_not_syn),
-        Parsed::Syn(syn) => return on_syn(&syn, counters),
+        Parsed::Syn(syn) => return on_syn(&ctx, &syn, counters),
     }
     XDP_PASS
 }
@@ -113,7 +129,7 @@ pub fn lb_xdp_drop(_ctx: XdpContext) -> u32 {
 
 /// Decides one SYN to a possible VIP.
 #[inline(always)]
-fn on_syn(syn: &Syn, counters: &mut PacketCounters) -> u32 {
+fn on_syn(ctx: &XdpContext, syn: &Syn, counters: &mut PacketCounters) -> u32 {
     // SAFETY: the value is copied out at once; userspace may rewrite it.
     let Some(vip) = (unsafe { VIPS.get(syn.vip) }).copied() else {
         count(&raw mut counters.syn_not_vip);
@@ -125,11 +141,44 @@ fn on_syn(syn: &Syn, counters: &mut PacketCounters) -> u32 {
     };
     // SAFETY: a live map value; fields are only changed with atomics.
     let stats = unsafe { &mut *stats };
-    if admit(syn, &vip, stats, &mut Clock::new()) {
+    // Read once per SYN; a missing entry (impossible for an array) means
+    // every setting off.
+    let cfg = CONFIG.get(0).copied().unwrap_or_default();
+    if cfg.overflow != overflow::PASS && pool_saturated(vip.pool_bucket) {
+        if let Some(verdict) = refuse(ctx, syn, cfg.overflow) {
+            count(&raw mut stats.overflow);
+            return verdict;
+        }
+    }
+    if admit(syn, &cfg, &vip, stats, &mut Clock::new()) {
         count(&raw mut stats.admitted);
         XDP_PASS
     } else {
         XDP_DROP
+    }
+}
+
+/// Whether userspace marks the pool at `index` (of `pool_state`) saturated:
+/// at `maxConn` with its queue full.
+#[inline(always)]
+fn pool_saturated(index: u32) -> bool {
+    match POOL_STATE.get_ptr(index) {
+        // SAFETY: a live map value; userspace changes it with atomics, and
+        // an aligned 8-byte load does not tear.
+        Some(p) => unsafe { atomic::load(&raw const (*p).saturated) != 0 },
+        None => false,
+    }
+}
+
+/// The verdict for a SYN to a saturated pool under `overflow`; `None` to
+/// take the normal path instead (`pass`, an unknown value, or a SYN the RST
+/// cannot answer, see [`rst`]).
+#[inline(always)]
+fn refuse(ctx: &XdpContext, syn: &Syn, how: u32) -> Option<u32> {
+    match how {
+        overflow::DROP => Some(XDP_DROP),
+        overflow::RST if rst::answer(ctx, syn) => Some(XDP_TX),
+        _ => None,
     }
 }
 
@@ -167,8 +216,14 @@ fn level_refund(l: Level) {
 /// token back, since the SYN never passes. Each refusal bumps its counter
 /// here, at a constant offset, which the verifier can follow.
 #[inline(always)]
-fn admit(syn: &Syn, vip: &VipValue, stats: &mut VipCounters, clock: &mut Clock) -> bool {
-    if !source_admits(syn, clock) {
+fn admit(
+    syn: &Syn,
+    cfg: &XdpConfig,
+    vip: &VipValue,
+    stats: &mut VipCounters,
+    clock: &mut Clock,
+) -> bool {
+    if !source_admits(syn, cfg, clock) {
         count(&raw mut stats.drop_source);
         return false;
     }
@@ -194,10 +249,7 @@ fn admit(syn: &Syn, vip: &VipValue, stats: &mut VipCounters, clock: &mut Clock) 
 }
 
 #[inline(always)]
-fn source_admits(syn: &Syn, clock: &mut Clock) -> bool {
-    let Some(cfg) = CONFIG.get(0) else {
-        return true;
-    };
+fn source_admits(syn: &Syn, cfg: &XdpConfig, clock: &mut Clock) -> bool {
     let (interval, tau) = (cfg.source_interval_ns, cfg.source_tau_ns);
     if interval == 0 {
         return true;

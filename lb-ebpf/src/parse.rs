@@ -19,20 +19,30 @@ const ETH_P_IPV4: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86DD;
 const ETH_P_8021Q: u16 = 0x8100;
 const ETH_P_8021AD: u16 = 0x88A8;
-const IPPROTO_TCP: u8 = 6;
 const IPV6_HOPOPTS: u8 = 0;
 const IPV6_ROUTING: u8 = 43;
 const IPV6_FRAGMENT: u8 = 44;
 const IPV6_DSTOPTS: u8 = 60;
 /// IPv6 extension headers walked before giving up (as malformed).
 const MAX_IPV6_EXT: usize = 4;
+/// Deepest IP header offset: Ethernet and two VLAN tags.
+pub const MAX_L3_OFFSET: usize = ETH_HDR_LEN + 2 * VLAN_HDR_LEN;
 /// Deepest TCP header offset we accept: keeps every offset small and bounded
 /// for the verifier. Far past any real header stack (4 × 2 KB extensions are
 /// refused as malformed instead).
-const MAX_L4_OFFSET: usize = 512;
-const TCP_HDR_LEN: usize = 20;
-const TCP_FLAG_SYN: u8 = 0x02;
-const TCP_FLAG_ACK: u8 = 0x10;
+pub const MAX_L4_OFFSET: usize = 512;
+/// Length of the TCP header without options.
+pub const TCP_HDR_LEN: usize = 20;
+/// TCP flag bits (byte 13 of the header).
+pub const TCP_FLAG_FIN: u8 = 0x01;
+/// SYN.
+pub const TCP_FLAG_SYN: u8 = 0x02;
+/// RST.
+pub const TCP_FLAG_RST: u8 = 0x04;
+/// ACK.
+pub const TCP_FLAG_ACK: u8 = 0x10;
+/// IP protocol number of TCP.
+pub const IPPROTO_TCP: u8 = 6;
 
 /// What a packet is, as far as the SYN limiter cares.
 pub enum Parsed {
@@ -50,18 +60,27 @@ pub enum Parsed {
     Syn(Syn),
 }
 
-/// A SYN's map keys.
+/// A SYN's map keys, and where its headers are (for [`crate::rst`], which
+/// reads the rest again only on its rare path).
 pub struct Syn {
     /// The `vips` key: destination address and port.
     pub vip: VipKey,
     /// The `sources` key: source /32 (IPv4) or /64 (IPv6).
     pub source: SourceKey,
+    /// Offset of the IP header: after Ethernet and any VLAN tags
+    /// (at most [`MAX_L3_OFFSET`]).
+    pub l3: usize,
+    /// Offset of the TCP header (at most [`MAX_L4_OFFSET`]); its 20 fixed
+    /// bytes are in the packet.
+    pub l4: usize,
 }
 
 /// Where a TCP segment's addresses and header are, and which address bytes
 /// count.
 struct L3 {
     family: u8,
+    /// Offset of the IP header.
+    ip: usize,
     /// Offset of the 16 bytes read as the source (IPv4: 4 used).
     src: usize,
     /// Offset of the 16 bytes read as the destination (IPv4: 4 used).
@@ -74,9 +93,10 @@ struct L3 {
     dst_mask: [u64; 2],
 }
 
-/// A bounds-checked pointer to a `T` at `offset` bytes into the packet.
+/// A bounds-checked pointer to a `T` at `offset` bytes into the packet
+/// ([`crate::rst`] also writes through it).
 #[inline(always)]
-fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Option<*const T> {
+pub fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Option<*const T> {
     let start = ctx.data();
     let end = ctx.data_end();
     if start + offset + core::mem::size_of::<T>() > end {
@@ -85,8 +105,9 @@ fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Option<*const T> {
     Some((start + offset) as *const T)
 }
 
+/// A copy of the `N` bytes at `offset`, if they are all in the packet.
 #[inline(always)]
-fn bytes_at<const N: usize>(ctx: &XdpContext, offset: usize) -> Option<[u8; N]> {
+pub fn bytes_at<const N: usize>(ctx: &XdpContext, offset: usize) -> Option<[u8; N]> {
     // SAFETY: bounds checked by `ptr_at`.
     ptr_at::<[u8; N]>(ctx, offset).map(|p| unsafe { *p })
 }
@@ -143,6 +164,7 @@ fn ipv4(ctx: &XdpContext, l3: usize) -> Result<L3, Parsed> {
     let four = u64::from_ne_bytes([0xFF, 0xFF, 0xFF, 0xFF, 0, 0, 0, 0]);
     Ok(L3 {
         family: family::V4,
+        ip: l3,
         src: l3 + 12,
         dst: l3 + 16,
         l4: l3 + ihl * 4,
@@ -178,6 +200,7 @@ fn ipv6(ctx: &XdpContext, l3: usize) -> Result<L3, Parsed> {
     match next {
         IPPROTO_TCP => Ok(L3 {
             family: family::V6,
+            ip: l3,
             src: l3 + 8,
             dst: l3 + 24,
             l4: offset,
@@ -240,5 +263,7 @@ fn tcp(ctx: &XdpContext, l3: &L3) -> Parsed {
             family: l3.family,
             _pad: [0; 3],
         },
+        l3: l3.ip,
+        l4: l3.l4,
     })
 }

@@ -67,6 +67,9 @@ pub struct Counters {
     pub syn_admitted: u64,
     /// Dropped: SYNs to VIPs that a level refused.
     pub syn_dropped: u64,
+    /// Refused: SYNs to VIPs whose pool was saturated, answered with a RST
+    /// or dropped as `[xdp] overflow` says (not in `syn_dropped`).
+    pub syn_overflow: u64,
 }
 
 /// Everything `lb stats` shows.
@@ -95,6 +98,7 @@ fn sum_packets(v: &[Counters]) -> Counters {
         syn_not_vip: a.syn_not_vip + c.syn_not_vip,
         syn_admitted: a.syn_admitted + c.syn_admitted,
         syn_dropped: a.syn_dropped + c.syn_dropped,
+        syn_overflow: a.syn_overflow + c.syn_overflow,
     })
 }
 
@@ -105,6 +109,7 @@ fn sum_vip(v: &[VipCounters]) -> VipCounters {
         drop_global: a.drop_global + c.drop_global,
         drop_frontend: a.drop_frontend + c.drop_frontend,
         drop_pool: a.drop_pool + c.drop_pool,
+        overflow: a.overflow + c.overflow,
     })
 }
 
@@ -168,6 +173,7 @@ impl Stats {
                     syn_not_vip: p.syn_not_vip,
                     syn_admitted: on_cpu(|c| c.admitted),
                     syn_dropped: on_cpu(VipCounters::dropped),
+                    syn_overflow: on_cpu(|c| c.overflow),
                 }
             })
             .collect();
@@ -196,6 +202,7 @@ impl Stats {
                     "drop_global": t.drop_global,
                     "drop_frontend": t.drop_frontend,
                     "drop_pool": t.drop_pool,
+                    "overflow": t.overflow,
                     "per_cpu": v.per_cpu.iter().map(vip_json).collect::<Vec<_>>(),
                 })
             })
@@ -255,6 +262,12 @@ impl Stats {
             for (name, total, get) in vip_drop_fields(&t) {
                 row(&mut out, name, total, &mut v.per_cpu.iter().map(get));
             }
+            row(
+                &mut out,
+                "overflow (pool saturated)",
+                t.overflow,
+                &mut v.per_cpu.iter().map(|c| c.overflow),
+            );
         }
         out
     }
@@ -262,7 +275,7 @@ impl Stats {
 
 type PacketField = (&'static str, u64, fn(&Counters) -> u64);
 
-fn packet_fields(t: &Counters) -> [PacketField; 8] {
+fn packet_fields(t: &Counters) -> [PacketField; 9] {
     [
         ("pass not_ip", t.not_ip, |c| c.not_ip),
         ("pass malformed", t.malformed, |c| c.malformed),
@@ -272,6 +285,9 @@ fn packet_fields(t: &Counters) -> [PacketField; 8] {
         ("pass syn_not_vip", t.syn_not_vip, |c| c.syn_not_vip),
         ("pass syn_admitted", t.syn_admitted, |c| c.syn_admitted),
         ("drop syn (all VIPs)", t.syn_dropped, |c| c.syn_dropped),
+        ("refuse syn, pool full (all VIPs)", t.syn_overflow, |c| {
+            c.syn_overflow
+        }),
     ]
 }
 
@@ -295,6 +311,7 @@ fn packets_json(c: &Counters) -> Value {
         "not_ip": c.not_ip, "malformed": c.malformed, "fragment": c.fragment,
         "not_tcp": c.not_tcp, "tcp_not_syn": c.tcp_not_syn, "syn_not_vip": c.syn_not_vip,
         "syn_admitted": c.syn_admitted, "syn_dropped": c.syn_dropped,
+        "syn_overflow": c.syn_overflow,
     })
 }
 
@@ -302,5 +319,6 @@ fn vip_json(c: &VipCounters) -> Value {
     json!({
         "admitted": c.admitted, "drop_source": c.drop_source, "drop_global": c.drop_global,
         "drop_frontend": c.drop_frontend, "drop_pool": c.drop_pool,
+        "overflow": c.overflow,
     })
 }

@@ -8,14 +8,17 @@ use std::{
 };
 
 use anyhow::{Context as _, Result};
-use aya::programs::{TestRun as _, TestRunOptions};
+use aya::{
+    maps::{Array, Map, MapData},
+    programs::{TestRun as _, TestRunOptions},
+};
 use lb::{
     config::Config,
     instance,
     stats::Stats,
     xdp::{DataPlane, Plan},
 };
-use lb_common::programs;
+use lb_common::{maps, programs, PoolState};
 
 use crate::unique_tag;
 
@@ -89,6 +92,40 @@ impl XdpHarness {
     /// As for [`Self::run_program`].
     pub fn run(&mut self, pkt: &[u8]) -> Result<u32> {
         Ok(self.run_program(programs::XDP_LB, pkt, 1)?.0)
+    }
+
+    /// Runs the SYN limiter once on `pkt`; returns its verdict and the
+    /// packet as the program left it (rewritten, resized).
+    ///
+    /// # Errors
+    /// As for [`Self::run_program`].
+    pub fn run_output(&mut self, pkt: &[u8]) -> Result<(u32, Vec<u8>)> {
+        let prog = self.plane.program(programs::XDP_LB)?;
+        // Room for a program that grows the packet; this one only shrinks.
+        let mut out = vec![0; pkt.len() + 256];
+        let opts = TestRunOptions {
+            data_in: Some(pkt),
+            data_out: Some(&mut out),
+            ..TestRunOptions::default()
+        };
+        let r = prog.test_run(opts).context("BPF_PROG_TEST_RUN")?;
+        out.truncate(usize::try_from(r.data_size_out)?);
+        Ok((r.return_value, out))
+    }
+
+    /// Sets `saturated` of `pool_state[index]` (a [`lb_common::bucket`]
+    /// index), as the daemon does when a pool is at `maxConn` with a full
+    /// queue; the other fields are kept.
+    ///
+    /// # Errors
+    /// The pinned map could not be opened or written.
+    pub fn set_saturated(&self, index: u32, saturated: bool) -> Result<()> {
+        let data = MapData::from_pin(self.pins.join(maps::POOL_STATE))?;
+        let mut pools: Array<MapData, PoolState> = Array::try_from(Map::from_map_data(data)?)?;
+        let mut state = pools.get(&index, 0)?;
+        state.saturated = u64::from(saturated);
+        pools.set(index, state, 0)?;
+        Ok(())
     }
 }
 

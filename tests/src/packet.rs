@@ -1,5 +1,6 @@
 //! Packets built byte by byte for BPF_PROG_TEST_RUN fixtures. Checksums are
-//! left zero: the XDP program does not read them.
+//! left zero: the XDP program does not read them. [`checksum`] checks the
+//! ones the program writes.
 
 /// TCP flag bits.
 pub mod flags {
@@ -31,19 +32,58 @@ pub fn eth(ethertype: u16, tags: &[u16]) -> Vec<u8> {
     p
 }
 
-/// A 20-byte TCP header.
+/// A 20-byte TCP header (sequence number 1).
 #[must_use]
 pub fn tcp(sport: u16, dport: u16, flag_bits: u8) -> Vec<u8> {
-    let mut t = Vec::with_capacity(20);
+    tcp_segment(sport, dport, flag_bits, 1, &[], &[])
+}
+
+/// A TCP segment: header with sequence number `seq` and `options` (padded
+/// to 4 bytes with end-of-options), then `data`.
+#[must_use]
+pub fn tcp_segment(
+    sport: u16,
+    dport: u16,
+    flag_bits: u8,
+    seq: u32,
+    options: &[u8],
+    data: &[u8],
+) -> Vec<u8> {
+    let mut opts = options.to_vec();
+    while !opts.len().is_multiple_of(4) {
+        opts.push(0);
+    }
+    let doff = u8::try_from(5 + opts.len() / 4).unwrap_or(15);
+    let mut t = Vec::with_capacity(20 + opts.len() + data.len());
     t.extend_from_slice(&sport.to_be_bytes());
     t.extend_from_slice(&dport.to_be_bytes());
-    t.extend_from_slice(&1u32.to_be_bytes()); // seq
+    t.extend_from_slice(&seq.to_be_bytes());
     t.extend_from_slice(&0u32.to_be_bytes()); // ack
-    t.push(5 << 4); // data offset
+    t.push(doff << 4);
     t.push(flag_bits);
     t.extend_from_slice(&64_240u16.to_be_bytes()); // window
     t.extend_from_slice(&[0, 0, 0, 0]); // checksum, urgent
+    t.extend_from_slice(&opts);
+    t.extend_from_slice(data);
     t
+}
+
+/// Typical SYN options, 12 bytes: MSS 1460, SACK permitted, window scale 7,
+/// NOP.
+pub const SYN_OPTIONS: [u8; 12] = [2, 4, 0x05, 0xB4, 4, 2, 3, 3, 7, 1, 0, 0];
+
+/// The Internet checksum (RFC 1071) of `data`: over a header with its
+/// checksum field filled in, 0 means the checksum is right.
+#[must_use]
+pub fn checksum(data: &[u8]) -> u16 {
+    let mut sum: u64 = data
+        .chunks(2)
+        .map(|w| u64::from(u16::from_be_bytes([w[0], w.get(1).copied().unwrap_or(0)])))
+        .sum();
+    while sum > 0xFFFF {
+        sum = (sum & 0xFFFF) + (sum >> 16);
+    }
+    !u16::try_from(sum).unwrap_or(0)
 }
 
 /// An IPv4 header with `options` (padded to 4 bytes) carrying `payload`.

@@ -2,10 +2,13 @@
 //! program must give it, and the one counter that must move (read back from
 //! the pinned maps, the way `lb stats` reads them).
 //!
+//! The `[xdp] overflow` fixtures also check the packet the program sends
+//! back (a RST|ACK, checksums recomputed here).
+//!
 //! Needs root (loads BPF). Every fixture runs against the real embedded object.
 
 use lb::stats::{Counters, Stats};
-use lb_common::VipCounters;
+use lb_common::{bucket, VipCounters};
 use lb_tests::{
     harness::{pin_to_cpu, XdpHarness},
     have_root,
@@ -14,6 +17,7 @@ use lb_tests::{
 
 const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
+const XDP_TX: u32 = 3;
 
 const VIP4: [u8; 4] = [10, 0, 0, 1];
 const VIP4_POOL: [u8; 4] = [10, 0, 0, 2];
@@ -71,8 +75,19 @@ impl Fixture {
     /// Runs `pkt`, asserts its verdict, and asserts that exactly one packet
     /// counter moved, by one: the one `field` picks.
     fn expect(&mut self, what: &str, pkt: &[u8], verdict: u32, field: fn(&Counters) -> u64) {
+        self.expect_output(what, pkt, verdict, field);
+    }
+
+    /// As [`Self::expect`]; returns the packet as the program left it.
+    fn expect_output(
+        &mut self,
+        what: &str,
+        pkt: &[u8],
+        verdict: u32,
+        field: fn(&Counters) -> u64,
+    ) -> Vec<u8> {
         let before = self.stats().total();
-        let got = self.0.run(pkt).expect("run");
+        let (got, out) = self.0.run_output(pkt).expect("run");
         let after = self.stats().total();
         assert_eq!(got, verdict, "{what}: verdict");
         assert_eq!(field(&after) - field(&before), 1, "{what}: its counter");
@@ -81,6 +96,7 @@ impl Fixture {
             1,
             "{what}: no other counter moved"
         );
+        out
     }
 
     fn vip(&self, index: usize) -> VipCounters {
@@ -97,6 +113,7 @@ fn sum(c: &Counters) -> u64 {
         + c.syn_not_vip
         + c.syn_admitted
         + c.syn_dropped
+        + c.syn_overflow
 }
 
 const fn admitted(c: &Counters) -> u64 {
@@ -104,6 +121,9 @@ const fn admitted(c: &Counters) -> u64 {
 }
 const fn dropped(c: &Counters) -> u64 {
     c.syn_dropped
+}
+const fn overflowed(c: &Counters) -> u64 {
+    c.syn_overflow
 }
 
 #[test]
@@ -392,4 +412,230 @@ fn a_syn_truncated_at_every_header_boundary_passes_as_malformed() {
     f.expect("IPv4 with IHL 4", &bad, XDP_PASS, |c| c.malformed);
     // The whole packet still works afterwards.
     f.expect("whole IPv4 SYN", &v4, XDP_PASS, admitted);
+}
+
+/// The `pool_state` slot of pool `i` (0-based, in config order).
+fn pool_slot(i: u32) -> u32 {
+    bucket::pool(i).expect("pool index in range")
+}
+
+/// [`CONFIG`] with `[xdp] overflow = "<action>"`.
+fn with_overflow(action: &str) -> String {
+    CONFIG.replace(
+        "mode = \"off\"",
+        &format!("mode = \"off\"\noverflow = \"{action}\""),
+    )
+}
+
+/// Ethernet + IPv4 (with `ip_options`) + a TCP SYN from port 40000 with
+/// sequence number `seq`, [`packet::SYN_OPTIONS`] and `data`.
+fn syn4(dst: [u8; 4], ip_options: &[u8], seq: u32, data: &[u8]) -> Vec<u8> {
+    let seg = packet::tcp_segment(40_000, 80, flags::SYN, seq, &packet::SYN_OPTIONS, data);
+    let mut p = packet::eth(0x0800, &[]);
+    p.extend(packet::ipv4(CLIENT4, dst, proto::TCP, ip_options, 0, &seg));
+    p
+}
+
+/// Ethernet + IPv6 (+ `ext`) + a TCP SYN to port 443 with
+/// [`packet::SYN_OPTIONS`].
+fn syn6(ext: &[(u8, u8)], seq: u32) -> Vec<u8> {
+    let seg = packet::tcp_segment(40_000, 443, flags::SYN, seq, &packet::SYN_OPTIONS, &[]);
+    let mut p = packet::eth(0x86DD, &[]);
+    p.extend(packet::ipv6(CLIENT6, VIP6, ext, proto::TCP, &seg));
+    p
+}
+
+fn be16(b: &[u8], at: usize) -> u16 {
+    u16::from_be_bytes([b[at], b[at + 1]])
+}
+
+fn be32(b: &[u8], at: usize) -> u32 {
+    u32::from_be_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+}
+
+/// Checks that `out` is the RST|ACK answer to the SYN `syn`, both with
+/// their IP header at `l3`: Ethernet addresses swapped (the rest of the
+/// Ethernet header and tags kept), IP addresses and ports swapped, no IP or
+/// TCP options, `ack` acknowledged, both checksums right (computed here from
+/// the bytes), and nothing after the TCP header.
+fn assert_rst(what: &str, syn: &[u8], out: &[u8], l3: usize, ack: u32) {
+    let v6 = out[l3] >> 4 == 6;
+    let (ip_len, src, dst) = if v6 { (40, 8, 24) } else { (20, 12, 16) };
+    let alen = dst - src;
+    let tcp = l3 + ip_len;
+    assert_eq!(out.len(), tcp + 20, "{what}: cut to the headers");
+    assert_eq!(out[..6], syn[6..12], "{what}: Ethernet destination");
+    assert_eq!(out[6..12], syn[..6], "{what}: Ethernet source");
+    assert_eq!(out[12..l3], syn[12..l3], "{what}: ethertype and tags kept");
+    assert_eq!(
+        out[l3 + src..l3 + src + alen],
+        syn[l3 + dst..l3 + dst + alen],
+        "{what}: IP source is the VIP"
+    );
+    assert_eq!(
+        out[l3 + dst..l3 + dst + alen],
+        syn[l3 + src..l3 + src + alen],
+        "{what}: IP destination is the client"
+    );
+    let syn_tcp = syn_l4(syn, l3);
+    // Pseudo-header: addresses, then (IPv4) 0, proto, 16-bit length or
+    // (IPv6) 32-bit length, 0 0 0, proto.
+    let mut pseudo = out[l3 + src..l3 + src + 2 * alen].to_vec();
+    if v6 {
+        assert_eq!(out[l3], 0x60, "{what}: IPv6 version, class 0");
+        assert_eq!(be16(out, l3 + 4), 20, "{what}: IPv6 payload length");
+        assert_eq!(out[l3 + 6], proto::TCP, "{what}: next header TCP");
+        assert_eq!(out[l3 + 7], 64, "{what}: hop limit");
+        pseudo.extend_from_slice(&[0, 0, 0, 20, 0, 0, 0, proto::TCP]);
+    } else {
+        assert_eq!(out[l3], 0x45, "{what}: IPv4, IHL 5");
+        assert_eq!(be16(out, l3 + 2), 40, "{what}: IPv4 total length");
+        assert_eq!(out[l3 + 8], 64, "{what}: TTL");
+        assert_eq!(out[l3 + 9], proto::TCP, "{what}: protocol TCP");
+        assert_eq!(be16(out, l3 + 6) & 0x3FFF, 0, "{what}: not a fragment");
+        assert_eq!(
+            packet::checksum(&out[l3..l3 + 20]),
+            0,
+            "{what}: IPv4 header checksum"
+        );
+        pseudo.extend_from_slice(&[0, proto::TCP, 0, 20]);
+    }
+    let t = &out[tcp..];
+    assert_eq!(t[..2], syn[syn_tcp + 2..syn_tcp + 4], "{what}: source port");
+    assert_eq!(
+        t[2..4],
+        syn[syn_tcp..syn_tcp + 2],
+        "{what}: destination port"
+    );
+    assert_eq!(be32(t, 4), 0, "{what}: seq 0");
+    assert_eq!(be32(t, 8), ack, "{what}: ack");
+    assert_eq!(t[12], 5 << 4, "{what}: data offset 5");
+    assert_eq!(t[13], flags::RST | flags::ACK, "{what}: RST|ACK");
+    pseudo.extend_from_slice(t);
+    assert_eq!(packet::checksum(&pseudo), 0, "{what}: TCP checksum");
+}
+
+/// Offset of the TCP header of a fixture packet with its IP header at
+/// `l3`: past IPv4 options, or past IPv6 extension headers.
+fn syn_l4(syn: &[u8], l3: usize) -> usize {
+    if syn[l3] >> 4 == 4 {
+        return l3 + usize::from(syn[l3] & 0x0F) * 4;
+    }
+    let (mut next, mut at) = (syn[l3 + 6], l3 + 40);
+    while [proto::HOPOPTS, proto::ROUTING, proto::DSTOPTS].contains(&next) {
+        next = syn[at];
+        at += (usize::from(syn[at + 1]) + 1) * 8;
+    }
+    at
+}
+
+#[test]
+fn overflow_rst_answers_syns_to_a_saturated_pool_v4_v6_vlan() {
+    if !have_root("overflow_rst_answers_syns_to_a_saturated_pool_v4_v6_vlan") {
+        return;
+    }
+    let mut f = Fixture::new(&with_overflow("rst"));
+    // VIP4 and VIP6 use pool 0 ("open"); VIP4_POOL uses pool 1.
+    f.0.set_saturated(pool_slot(0), true).expect("saturate");
+
+    let syn = syn4(VIP4, &[], 0x1234_5678, &[]);
+    assert_eq!(syn.len(), 66, "a SYN with 12 option bytes");
+    let out = f.expect_output("IPv4 SYN, MSS etc.", &syn, XDP_TX, overflowed);
+    assert_eq!(out.len(), 54);
+    assert_rst("IPv4", &syn, &out, 14, 0x1234_5679);
+
+    // Sequence numbers wrap; IPv4 options are dropped from the answer.
+    let opts = [1, 1, 0x44, 4, 5, 0, 1, 1, 1, 1, 1, 1];
+    let syn = syn4(VIP4, &opts, u32::MAX, &[]);
+    let out = f.expect_output("IPv4 SYN with IP options", &syn, XDP_TX, overflowed);
+    assert_eq!(out.len(), 54);
+    assert_rst("IPv4 with IP options", &syn, &out, 14, 0);
+
+    // Data on the SYN is acknowledged too (ack = seq + 1 + 5).
+    let syn = syn4(VIP4, &[], 1000, b"hello");
+    let out = f.expect_output("IPv4 SYN with data", &syn, XDP_TX, overflowed);
+    assert_rst("IPv4 with data", &syn, &out, 14, 1006);
+
+    let syn = syn6(&[], 7);
+    assert_eq!(syn.len(), 86);
+    let out = f.expect_output("IPv6 SYN, MSS etc.", &syn, XDP_TX, overflowed);
+    assert_eq!(out.len(), 74);
+    assert_rst("IPv6", &syn, &out, 14, 8);
+
+    // Behind extension headers, which the answer does not carry.
+    let syn = syn6(&[(proto::HOPOPTS, 0), (proto::DSTOPTS, 1)], 7);
+    let out = f.expect_output("IPv6 SYN behind ext headers", &syn, XDP_TX, overflowed);
+    assert_eq!(out.len(), 74);
+    assert_rst("IPv6 with extension headers", &syn, &out, 14, 8);
+
+    // 802.1Q and QinQ: tags kept, the answer leaves on the same VLAN.
+    for (name, tags) in [
+        ("802.1Q", &[packet::TPID_8021Q][..]),
+        ("QinQ", &[packet::TPID_8021AD, packet::TPID_8021Q][..]),
+    ] {
+        let seg = packet::tcp_segment(40_000, 80, flags::SYN, 41, &packet::SYN_OPTIONS, &[]);
+        let mut syn = packet::eth(0x0800, tags);
+        syn.extend(packet::ipv4(CLIENT4, VIP4, proto::TCP, &[], 0, &seg));
+        let out = f.expect_output(name, &syn, XDP_TX, overflowed);
+        let l3 = 14 + 4 * tags.len();
+        assert_eq!(out.len(), l3 + 40);
+        assert_rst(name, &syn, &out, l3, 42);
+    }
+    assert_eq!(f.vip(0).overflow, 5);
+    assert_eq!(f.vip(1).overflow, 2);
+    assert_eq!(f.vip(0).dropped() + f.vip(0).admitted, 0);
+
+    // A SYN whose IPv4 length ends inside its TCP header cannot be
+    // answered: it takes the normal path, and the kernel judges it.
+    let mut short = syn4(VIP4, &[], 1, &[]);
+    short[16..18].copy_from_slice(&30u16.to_be_bytes());
+    let out = f.expect_output("IPv4 length short of TCP", &short, XDP_PASS, admitted);
+    assert_eq!(out, short, "left untouched");
+
+    // Not a SYN: passed as ever, however saturated the pool.
+    f.expect(
+        "ACK to a saturated VIP",
+        &packet::v4_tcp(CLIENT4, VIP4, 80, flags::ACK),
+        XDP_PASS,
+        |c| c.tcp_not_syn,
+    );
+    // Another pool's VIP is not affected.
+    let to_pool1 = syn4(VIP4_POOL, &[], 1, &[]);
+    f.expect("SYN to an unsaturated pool", &to_pool1, XDP_PASS, admitted);
+
+    // Room again: the normal path. The refused SYNs spent no rate tokens:
+    // the frontend's maxConnRate = 2 has one left after the short SYN.
+    f.0.set_saturated(pool_slot(0), false).expect("unsaturate");
+    let syn = syn4(VIP4, &[], 1, &[]);
+    f.expect("IPv4 SYN, pool has room", &syn, XDP_PASS, admitted);
+    f.expect("IPv4 SYN, bucket empty", &syn, XDP_DROP, dropped);
+    assert_eq!(f.vip(0).overflow, 5, "no more overflow counted");
+}
+
+#[test]
+fn overflow_drop_drops_and_pass_passes() {
+    if !have_root("overflow_drop_drops_and_pass_passes") {
+        return;
+    }
+    let mut f = Fixture::new(&with_overflow("drop"));
+    f.0.set_saturated(pool_slot(0), true).expect("saturate");
+    let syn = syn4(VIP4, &[], 1, &[]);
+    for i in 0..3 {
+        let out = f.expect_output(&format!("IPv4 SYN {i}"), &syn, XDP_DROP, overflowed);
+        assert_eq!(out, syn);
+    }
+    let syn6 = syn6(&[], 1);
+    f.expect("IPv6 SYN", &syn6, XDP_DROP, overflowed);
+    assert_eq!((f.vip(0).overflow, f.vip(0).dropped()), (3, 0));
+    assert_eq!(f.vip(1).overflow, 1);
+    f.0.set_saturated(pool_slot(0), false).expect("unsaturate");
+    f.expect("IPv4 SYN, pool has room", &syn, XDP_PASS, admitted);
+
+    // The default, pass: a saturated pool changes nothing here.
+    let mut p = Fixture::new(CONFIG);
+    p.0.set_saturated(pool_slot(0), true).expect("saturate");
+    p.expect("pass: SYN 1", &syn, XDP_PASS, admitted);
+    p.expect("pass: SYN 2", &syn, XDP_PASS, admitted);
+    p.expect("pass: SYN 3, bucket empty", &syn, XDP_DROP, dropped);
+    assert_eq!(p.vip(0).overflow, 0);
 }
