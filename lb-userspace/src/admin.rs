@@ -1,21 +1,27 @@
-//! The admin listener: `GET /api/status` (JSON) with the proxy's counters
-//! per worker, frontend, pool and backend. Runs on the main thread's
-//! runtime, never on a worker. Read-only; the metrics, status page and
-//! changes come with later work.
+//! The admin listener, on the main thread's runtime, never on a worker:
+//! - `GET /api/status` (JSON): the proxy's counters per worker, frontend,
+//!   pool and backend, and each level's `maxConn` accounting;
+//! - `GET /api/profiles`: the profiles in force and the pools bound to each;
+//! - `PUT /api/profiles/NAME`: replace a profile live (see [`Control`]);
+//!   with `[admin] token` set it needs `Authorization: Bearer <token>`.
 
 use std::{convert::Infallible, net::SocketAddr, sync::atomic::Ordering::Relaxed, sync::Arc};
 
 use anyhow::{Context as _, Result};
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
-use http_body_util::Full;
+use http_body_util::{BodyExt as _, Full};
 use hyper::{body::Incoming, service::service_fn};
 use hyper_util::rt::TokioIo;
 use serde::Serialize;
 use tokio::net::TcpListener;
 use tracing::{debug, info};
 
-use crate::proxy::{counters, Shared};
+use crate::{
+    control::{ChangeError, Control},
+    limits::slots::ConnLimit,
+    proxy::{counters, Shared},
+};
 
 /// The default admin address.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:9100";
@@ -23,6 +29,11 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:9100";
 /// `/api/status`.
 #[derive(Debug, Serialize)]
 pub struct Status {
+    /// Where the `maxConn` counts live: `bpf` (the pinned `pool_state`
+    /// map, shared with XDP and a `--join`ed process) or `process`.
+    pub accounting: &'static str,
+    /// `maxConn` of `[global.limits]`.
+    pub global: Conns,
     /// Per worker.
     pub workers: Vec<WorkerStatus>,
     /// Per frontend.
@@ -56,6 +67,29 @@ pub struct FrontendStatus {
     /// Counters summed over workers.
     #[serde(flatten)]
     pub totals: counters::FrontendTotals,
+    /// `maxConn` of `[frontend.limits]` (client connections).
+    pub conns: Conns,
+}
+
+/// One level's `maxConn` accounting.
+#[derive(Debug, Serialize)]
+pub struct Conns {
+    /// The limit in force (0: off).
+    pub limit: u64,
+    /// Slots taken, all processes.
+    pub active: u64,
+    /// Waiting in the queue, all processes.
+    pub queued: u64,
+}
+
+impl Conns {
+    fn of(c: &ConnLimit) -> Self {
+        Self {
+            limit: c.limit(),
+            active: c.active(),
+            queued: c.queued(),
+        }
+    }
 }
 
 /// One pool.
@@ -65,6 +99,9 @@ pub struct PoolStatus {
     pub name: String,
     /// Algorithm.
     pub algorithm: String,
+    /// `maxConn` of its profile (HTTP: requests in flight; TCP:
+    /// connections) and its queue.
+    pub conns: Conns,
     /// Backends.
     pub backends: Vec<BackendStatus>,
 }
@@ -95,7 +132,14 @@ impl Status {
     /// A snapshot of the counters.
     #[must_use]
     pub fn collect(shared: &Shared) -> Self {
+        let live = &shared.live;
         Self {
+            accounting: if live.table.is_mapped() {
+                "bpf"
+            } else {
+                "process"
+            },
+            global: Conns::of(&live.global.conns),
             workers: shared
                 .workers
                 .iter()
@@ -120,14 +164,17 @@ impl Status {
                         .map(|p| p.name.clone())
                         .unwrap_or_default(),
                     totals: counters::frontend_totals(&shared.workers, i),
+                    conns: Conns::of(&live.frontends[i].conns),
                 })
                 .collect(),
             pools: shared
                 .pools
                 .iter()
-                .map(|p| PoolStatus {
+                .zip(&live.pools)
+                .map(|(p, l)| PoolStatus {
                     name: p.name.clone(),
                     algorithm: format!("{:?}", p.algorithm).to_lowercase(),
+                    conns: Conns::of(&l.conns),
                     backends: p
                         .backends
                         .iter()
@@ -148,25 +195,37 @@ impl Status {
     }
 }
 
+/// What the admin listener serves.
+#[derive(Debug)]
+pub struct Admin {
+    /// The proxy's counters and limits.
+    pub shared: Arc<Shared>,
+    /// Live changes.
+    pub control: Arc<Control>,
+    /// Bearer token changes need (None: changes need none).
+    pub token: Option<String>,
+}
+
 /// Binds the admin listener and serves it on the current runtime.
 ///
 /// # Errors
 /// The address cannot be bound.
-pub async fn start(addr: SocketAddr, shared: Arc<Shared>) -> Result<tokio::task::JoinHandle<()>> {
+pub async fn start(addr: SocketAddr, admin: Admin) -> Result<tokio::task::JoinHandle<()>> {
     let listener = TcpListener::bind(addr)
         .await
         .with_context(|| format!("binding the admin listener {addr}"))?;
     info!(%addr, "admin listener");
+    let admin = Arc::new(admin);
     Ok(tokio::spawn(async move {
         loop {
             let Ok((stream, _)) = listener.accept().await else {
                 continue;
             };
-            let shared = Arc::clone(&shared);
+            let admin = Arc::clone(&admin);
             tokio::spawn(async move {
                 let svc = service_fn(move |req| {
-                    let shared = Arc::clone(&shared);
-                    async move { Ok::<_, Infallible>(route(&req, &shared)) }
+                    let admin = Arc::clone(&admin);
+                    async move { Ok::<_, Infallible>(route(req, &admin).await) }
                 });
                 if let Err(e) = hyper::server::conn::http1::Builder::new()
                     .serve_connection(TokioIo::new(stream), svc)
@@ -179,21 +238,89 @@ pub async fn start(addr: SocketAddr, shared: Arc<Shared>) -> Result<tokio::task:
     }))
 }
 
-fn route(req: &Request<Incoming>, shared: &Shared) -> Response<Full<Bytes>> {
-    match (req.method(), req.uri().path()) {
-        (&Method::GET, "/api/status") => {
-            let body = serde_json::to_vec_pretty(&Status::collect(shared)).unwrap_or_default();
-            json(StatusCode::OK, body)
+/// The largest request body the API reads.
+const MAX_BODY: usize = 64 * 1024;
+
+const ENDPOINTS: &str = "GET /api/status, GET /api/profiles, PUT /api/profiles/NAME";
+
+async fn route(req: Request<Incoming>, admin: &Admin) -> Response<Full<Bytes>> {
+    let path = req.uri().path().to_owned();
+    match (req.method().clone(), path.as_str()) {
+        (Method::GET, "/api/status") => ok_json(&Status::collect(&admin.shared)),
+        (Method::GET, "/api/profiles") => ok_json(&admin.control.profiles()),
+        (Method::PUT, p) if p.starts_with("/api/profiles/") => {
+            let name = p.trim_start_matches("/api/profiles/").to_owned();
+            put_profile(req, &name, admin).await
         }
-        (_, "/api/status") => json(
+        (_, "/api/status" | "/api/profiles") => error_json(
             StatusCode::METHOD_NOT_ALLOWED,
-            br#"{"error":"method not allowed; allowed: GET"}"#.to_vec(),
+            &format!("method not allowed; allowed: {ENDPOINTS}"),
         ),
-        _ => json(
+        (_, p) if p.starts_with("/api/profiles/") => error_json(
+            StatusCode::METHOD_NOT_ALLOWED,
+            &format!("method not allowed; allowed: {ENDPOINTS}"),
+        ),
+        _ => error_json(
             StatusCode::NOT_FOUND,
-            br#"{"error":"no such endpoint; allowed: GET /api/status"}"#.to_vec(),
+            &format!("no such endpoint; allowed: {ENDPOINTS}"),
         ),
     }
+}
+
+async fn put_profile(req: Request<Incoming>, name: &str, admin: &Admin) -> Response<Full<Bytes>> {
+    if let Some(token) = &admin.token {
+        let given = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        if given != Some(token.as_str()) {
+            return error_json(
+                StatusCode::UNAUTHORIZED,
+                "changes need the header `Authorization: Bearer <admin token>`",
+            );
+        }
+    }
+    let body = match http_body_util::Limited::new(req.into_body(), MAX_BODY)
+        .collect()
+        .await
+    {
+        Ok(b) => b.to_bytes(),
+        Err(e) => {
+            return error_json(
+                StatusCode::BAD_REQUEST,
+                &format!("reading the body: {e} (at most {MAX_BODY} bytes)"),
+            )
+        }
+    };
+    match admin.control.put_profile(name, &body) {
+        Ok(()) => ok_json(&serde_json::json!({
+            "applied": name,
+            "profile": admin.control.profiles().get(name),
+        })),
+        Err(e) => {
+            let status = match e {
+                ChangeError::NoProfile { .. } => StatusCode::NOT_FOUND,
+                ChangeError::Xdp(_) => StatusCode::INTERNAL_SERVER_ERROR,
+                _ => StatusCode::BAD_REQUEST,
+            };
+            error_json(status, &e.to_string())
+        }
+    }
+}
+
+fn ok_json<T: Serialize>(v: &T) -> Response<Full<Bytes>> {
+    json(
+        StatusCode::OK,
+        serde_json::to_vec_pretty(v).unwrap_or_default(),
+    )
+}
+
+fn error_json(status: StatusCode, message: &str) -> Response<Full<Bytes>> {
+    json(
+        status,
+        serde_json::to_vec(&serde_json::json!({ "error": message })).unwrap_or_default(),
+    )
 }
 
 fn json(status: StatusCode, body: Vec<u8>) -> Response<Full<Bytes>> {

@@ -26,8 +26,8 @@ const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 pub enum InstanceError {
     /// Another `lb` holds the instance.
     #[error(
-        "instance `{instance}` is already running (pid {pid}); stop it first or set another \
-         [global] instance"
+        "instance `{instance}` is already running (pid {pid}); stop it first, set another \
+         [global] instance, or start beside it with `lb run --join` to take over from it"
     )]
     Running {
         /// Instance name.
@@ -70,6 +70,13 @@ fn run_dir() -> PathBuf {
         0 => PathBuf::from("/run/lb"),
         uid => std::env::temp_dir().join(format!("lb-{uid}")),
     }
+}
+
+/// The key of the instance's session cookies (`maxSessRate`), shared by a
+/// process and the one `--join`ed beside it.
+#[must_use]
+pub fn session_key_path(instance: &str) -> PathBuf {
+    run_dir().join(format!("{instance}.session.key"))
 }
 
 fn lock_path(instance: &str) -> PathBuf {

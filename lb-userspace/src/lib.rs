@@ -8,14 +8,17 @@
 //!   its maps);
 //! - [`instance`]: one `lb` per instance name, pins and their janitor;
 //! - [`stats`]: counters read back from the pinned maps;
-//! - [`limits`]: the profile's axes and levels, defaults, values in force;
+//! - [`limits`]: the profile's axes and levels, defaults, the values in
+//!   force, `maxConn` slots and queues, rates, session cookies;
+//! - [`control`]: live changes to the limits (admin API, SIGHUP);
 //! - [`pool`]: backend pools, balancing, stickiness, health checks;
 //! - [`proxy`]: per-CPU workers proxying HTTP and TCP to the pools;
-//! - [`admin`]: the admin listener (`/api/status`);
+//! - [`admin`]: the admin listener (`/api/status`, `/api/profiles`);
 //! - [`run`]: `lb run`, tying the above together until a signal.
 
 pub mod admin;
 pub mod config;
+pub mod control;
 pub mod instance;
 pub mod limits;
 pub mod pool;

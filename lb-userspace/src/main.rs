@@ -19,6 +19,12 @@ enum Cmd {
         /// The configuration file.
         #[arg(short, long)]
         config: PathBuf,
+        /// Start beside a running `lb` of the same instance (an upgrade or
+        /// restart without a gap): share its pinned maps and listening
+        /// addresses, enforce one `maxConn` with it, and take the instance
+        /// over when it exits. Send the old process SIGTERM to hand over.
+        #[arg(long)]
+        join: bool,
     },
     /// Validate a configuration file without attaching anything.
     Check {
@@ -78,12 +84,12 @@ fn main() -> ExitCode {
             }
             Err(code) => code,
         },
-        Cmd::Run { config } => {
+        Cmd::Run { config, join } => {
             let c = match load(&config) {
                 Ok(c) => c,
                 Err(code) => return code,
             };
-            match lb::run::run(&c) {
+            match lb::run::run(&c, join) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("lb: {e:#}");

@@ -5,13 +5,17 @@
 //! Without the privileges to load BPF, or with `[xdp] mode = "off"`, `lb`
 //! says so at start and keeps running with nothing attached.
 
+use std::sync::{Arc, Mutex, PoisonError};
+
 use anyhow::{Context as _, Result};
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::{
     admin,
     config::{Config, XdpMode},
-    instance,
+    control::Control,
+    instance::{self, InstanceLock},
+    limits::{live::Live, session::Sessions, slots::Table},
     proxy::Proxy,
     xdp::{DataPlane, Plan},
 };
@@ -39,9 +43,14 @@ pub fn can_load_bpf() -> bool {
 
 /// A started data plane and what keeps its pins alive.
 struct Started {
-    plane: DataPlane,
+    /// Shared with [`Control`] for live changes; taken (detached) at stop.
+    plane: Arc<Mutex<Option<DataPlane>>>,
     pin_dir: std::path::PathBuf,
-    _janitor: std::process::Child,
+    /// Interfaces attached.
+    ifaces: Vec<String>,
+    /// Removes the pins if this process dies without doing so; None while
+    /// a `--join`ed process does not own the pins yet.
+    janitor: Option<std::process::Child>,
 }
 
 fn start_xdp(cfg: &Config) -> Result<Started> {
@@ -49,9 +58,25 @@ fn start_xdp(cfg: &Config) -> Result<Started> {
     instance::ensure_bpffs()?;
     let mut plane = DataPlane::load().context("loading the XDP object")?;
     plane.write(&Plan::from_config(cfg, 1))?;
+    let mut started = Started {
+        ifaces: Vec::new(),
+        plane: Arc::new(Mutex::new(None)),
+        pin_dir: instance::pin_dir(name),
+        janitor: None,
+    };
+    own_pins(cfg, &mut plane, &mut started)?;
+    *started.plane.lock().unwrap_or_else(PoisonError::into_inner) = Some(plane);
+    Ok(started)
+}
+
+/// Pins the maps, attaches the program and starts the janitor: what the
+/// owner of an instance does (at start, or a `--join`ed process once the
+/// old one is gone). On failure nothing is left pinned.
+fn own_pins(cfg: &Config, plane: &mut DataPlane, started: &mut Started) -> Result<()> {
+    let name = &cfg.global.instance;
     let janitor = instance::spawn_janitor(name)?;
     let pin_dir = instance::fresh_pin_dir(name)?;
-    let started = (|| -> Result<()> {
+    let done = (|| -> Result<()> {
         plane.pin(&pin_dir)?;
         for iface in cfg.xdp.ifaces() {
             plane.attach(&iface, cfg.xdp.mode)?;
@@ -59,26 +84,87 @@ fn start_xdp(cfg: &Config) -> Result<Started> {
         }
         Ok(())
     })();
-    if let Err(e) = started {
-        drop(plane);
+    if let Err(e) = done {
         let _ = instance::remove_pins(&pin_dir);
         return Err(e);
     }
+    started.ifaces = plane.attached().to_vec();
+    started.pin_dir = pin_dir;
+    started.janitor = Some(janitor);
+    Ok(())
+}
+
+/// `--join`: the maps of the running instance, shared; nothing attached or
+/// pinned until the old process is gone ([`take_over`]).
+fn join_xdp(cfg: &Config) -> Result<Started> {
+    let name = &cfg.global.instance;
+    let dir = instance::pin_dir(name);
+    if !dir.join(lb_common::maps::POOL_STATE).exists() {
+        anyhow::bail!(
+            "--join: instance `{name}` has no pinned maps at {} (it runs without XDP, or is an \
+             older lb): a joined process shares the running one's pinned maps",
+            dir.display()
+        );
+    }
+    let mut plane = DataPlane::load_joined(&dir).context("loading the XDP object over the pins")?;
+    plane.write(&Plan::from_config(cfg, 1))?;
+    info!(pins = %dir.display(), "joined the running instance: sharing its maps and addresses");
     Ok(Started {
-        plane,
-        pin_dir,
-        _janitor: janitor,
+        plane: Arc::new(Mutex::new(Some(plane))),
+        pin_dir: dir,
+        ifaces: Vec::new(),
+        janitor: None,
     })
 }
 
-/// Runs until SIGINT or SIGTERM.
+/// A joined process, once the old one has exited: takes the instance lock,
+/// pins the maps again and attaches the program.
+async fn take_over(
+    cfg: Config,
+    started: Arc<Mutex<Started>>,
+    lock: Arc<Mutex<Option<InstanceLock>>>,
+) {
+    let name = &cfg.global.instance;
+    let got = loop {
+        match instance::lock(name) {
+            Ok(l) => break l,
+            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
+        }
+    };
+    *lock.lock().unwrap_or_else(PoisonError::into_inner) = Some(got);
+    let mut s = started.lock().unwrap_or_else(PoisonError::into_inner);
+    let plane = Arc::clone(&s.plane);
+    let mut guard = plane.lock().unwrap_or_else(PoisonError::into_inner);
+    let Some(p) = guard.as_mut() else {
+        return;
+    };
+    match own_pins(&cfg, p, &mut s) {
+        Ok(()) => {
+            info!(instance = %name, pins = %s.pin_dir.display(), ifaces = ?s.ifaces, "the old process has exited: this one owns the instance now")
+        }
+        Err(e) => {
+            error!(error = %format!("{e:#}"), "taking over the instance: XDP is not attached")
+        }
+    }
+}
+
+/// Runs until SIGINT or SIGTERM. With `join`, starts beside a running
+/// process of the same instance (an upgrade or restart without a gap):
+/// shares its pinned maps (so both enforce one `maxConn`) and its listening
+/// addresses, and takes the instance over when it exits.
 ///
 /// # Errors
-/// The instance is taken, or the data plane could not start; nothing is left
-/// attached or pinned then.
-pub fn run(cfg: &Config) -> Result<()> {
+/// The instance is taken (and not `join`), or the data plane could not
+/// start; nothing is left attached or pinned then.
+pub fn run(cfg: &Config, join: bool) -> Result<()> {
     let name = &cfg.global.instance;
-    let _lock = instance::lock(name)?;
+    let lock = match instance::lock(name) {
+        Ok(l) => Some(l),
+        Err(instance::InstanceError::Running { .. }) if join => None,
+        Err(e) => return Err(e.into()),
+    };
+    let joined = lock.is_none();
+    let lock = Arc::new(Mutex::new(lock));
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -86,7 +172,9 @@ pub fn run(cfg: &Config) -> Result<()> {
     // Handlers before anything is attached or "ready" is said: a SIGTERM from
     // then on always takes the cleanup path below.
     let signals = rt.block_on(async { Signals::install() })?;
-    let started = if cfg.xdp.mode == XdpMode::Off {
+    let started = if joined {
+        Some(join_xdp(cfg)?)
+    } else if cfg.xdp.mode == XdpMode::Off {
         warn!("[xdp] mode = \"off\": no XDP program attached; SYN limits are not enforced in the kernel");
         None
     } else if !can_load_bpf() {
@@ -100,13 +188,31 @@ pub fn run(cfg: &Config) -> Result<()> {
     };
     crate::limits::log_disabled(cfg);
     let _enter = rt.enter();
-    let proxy = match Proxy::start(cfg) {
+    let table = match &started {
+        Some(s) => Table::from_pin(&s.pin_dir.join(lb_common::maps::POOL_STATE))
+            .with_context(|| format!("mapping {}", lb_common::maps::POOL_STATE))?,
+        None => Table::heap(lb_common::MAX_BUCKETS as usize),
+    };
+    let live = Arc::new(Live::new(cfg, Arc::new(table)));
+    let sessions = match Sessions::load_or_create(&instance::session_key_path(name)) {
+        Ok(s) => s,
+        Err(e) => {
+            warn!(error = %e, "no session key file: session cookies last only as long as this process");
+            Sessions::random()
+        }
+    };
+    let proxy = match Proxy::start(cfg, Arc::clone(&live), sessions) {
         Ok(p) => p,
         Err(e) => {
             stop_xdp(started)?;
             return Err(e);
         }
     };
+    let control = Arc::new(Control::new(
+        cfg.clone(),
+        live,
+        started.as_ref().map(|s| Arc::clone(&s.plane)),
+    ));
     let admin = match &cfg.admin {
         Some(a) => {
             let addr = a.listen.map_or_else(
@@ -117,7 +223,17 @@ pub fn run(cfg: &Config) -> Result<()> {
                 },
                 |l| l.0,
             );
-            match rt.block_on(admin::start(addr, std::sync::Arc::clone(proxy.shared()))) {
+            let server = admin_token(a).and_then(|token| {
+                rt.block_on(admin::start(
+                    addr,
+                    admin::Admin {
+                        shared: Arc::clone(proxy.shared()),
+                        control: Arc::clone(&control),
+                        token,
+                    },
+                ))
+            });
+            match server {
                 Ok(h) => Some(h),
                 Err(e) => {
                     rt.block_on(proxy.stop());
@@ -133,36 +249,88 @@ pub fn run(cfg: &Config) -> Result<()> {
             instance = %name,
             pins = %s.pin_dir.display(),
             vips = cfg.frontend.len(),
-            ifaces = ?s.plane.attached(),
+            ifaces = ?s.ifaces,
+            joined,
             "ready"
         );
     } else {
         info!(instance = %name, "ready (no XDP)");
     }
-    rt.block_on(signals.wait());
+    let started = started.map(|s| Arc::new(Mutex::new(s)));
+    let takeover = match (&started, joined) {
+        (Some(s), true) => Some(rt.spawn(take_over(cfg.clone(), Arc::clone(s), Arc::clone(&lock)))),
+        _ => None,
+    };
+    rt.block_on(signals.wait(&control));
     info!(drain = ?cfg.global.drain_timeout.0, "stopped accepting; draining");
     if let Some(a) = admin {
         a.abort();
     }
+    if let Some(t) = takeover {
+        t.abort();
+    }
     rt.block_on(proxy.stop());
-    stop_xdp(started)
+    // The owner's last act: session cookies end with the instance (a
+    // joined process has read the key already).
+    if lock
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .is_some()
+    {
+        let _ = std::fs::remove_file(instance::session_key_path(name));
+    }
+    stop_xdp(started.map(|s| match Arc::try_unwrap(s) {
+        Ok(m) => m.into_inner().unwrap_or_else(PoisonError::into_inner),
+        Err(shared) => {
+            let mut g = shared.lock().unwrap_or_else(PoisonError::into_inner);
+            Started {
+                plane: Arc::clone(&g.plane),
+                pin_dir: g.pin_dir.clone(),
+                ifaces: std::mem::take(&mut g.ifaces),
+                janitor: g.janitor.take(),
+            }
+        }
+    }))
 }
 
-/// Detaches XDP and removes the pins (when started).
+/// The admin token: `token`, or the first line of `tokenFile`.
+fn admin_token(a: &crate::config::Admin) -> Result<Option<String>> {
+    if let Some(t) = &a.token {
+        return Ok(Some(t.clone()));
+    }
+    a.token_file
+        .as_ref()
+        .map(|f| {
+            std::fs::read_to_string(f)
+                .map(|t| t.trim().to_owned())
+                .with_context(|| format!("reading [admin] tokenFile {}", f.display()))
+        })
+        .transpose()
+}
+
+/// Detaches XDP and removes the pins (when started and owned: a joined
+/// process that never took over leaves them to the running one).
 fn stop_xdp(started: Option<Started>) -> Result<()> {
     if let Some(s) = started {
-        let dir = s.pin_dir.clone();
-        drop(s.plane);
-        instance::remove_pins(&dir)?;
-        info!(pins = %dir.display(), "detached; pins removed");
+        drop(
+            s.plane
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take(),
+        );
+        if s.janitor.is_some() {
+            instance::remove_pins(&s.pin_dir)?;
+            info!(pins = %s.pin_dir.display(), "detached; pins removed");
+        }
     }
     Ok(())
 }
 
-/// SIGTERM and SIGINT, caught.
+/// SIGTERM, SIGINT and SIGHUP, caught.
 struct Signals {
     term: tokio::signal::unix::Signal,
     int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
 }
 
 impl Signals {
@@ -172,14 +340,21 @@ impl Signals {
         Ok(Self {
             term: signal(SignalKind::terminate()).context("installing SIGTERM handler")?,
             int: signal(SignalKind::interrupt()).context("installing SIGINT handler")?,
+            hup: signal(SignalKind::hangup()).context("installing SIGHUP handler")?,
         })
     }
 
-    /// Waits for either.
-    async fn wait(mut self) {
-        tokio::select! {
-            _ = self.term.recv() => info!("SIGTERM: shutting down"),
-            _ = self.int.recv() => info!("SIGINT: shutting down"),
+    /// Reloads the limits on each SIGHUP until SIGTERM or SIGINT.
+    async fn wait(mut self, control: &Control) {
+        loop {
+            tokio::select! {
+                _ = self.term.recv() => return info!("SIGTERM: shutting down"),
+                _ = self.int.recv() => return info!("SIGINT: shutting down"),
+                _ = self.hup.recv() => match control.reload() {
+                    Ok(()) => info!("SIGHUP: configuration reloaded"),
+                    Err(e) => error!(error = %e, "SIGHUP: reload refused; the running configuration stays"),
+                },
+            }
         }
     }
 }

@@ -145,6 +145,16 @@ impl Plan {
         let config = XdpConfig {
             source_interval_ns: src_interval,
             source_tau_ns: cfg.xdp.source_burst() * src_interval,
+            overflow: {
+                use crate::config::Overflow;
+                use lb_common::overflow;
+                match cfg.xdp.overflow {
+                    Overflow::Pass => overflow::PASS,
+                    Overflow::Rst => overflow::RST,
+                    Overflow::Drop => overflow::DROP,
+                }
+            },
+            _pad: 0,
         };
         let mut buckets = vec![(
             bucket::GLOBAL,
@@ -209,6 +219,23 @@ impl DataPlane {
     pub fn load() -> Result<Self, XdpError> {
         Ok(Self {
             ebpf: Ebpf::load(OBJECT)?,
+            attached: Vec::new(),
+        })
+    }
+
+    /// Loads the embedded object over the maps pinned in `dir` by a running
+    /// instance (`lb run --join`): both processes then read and write the
+    /// same maps. Nothing is attached.
+    ///
+    /// # Errors
+    /// A pin is missing or the kernel refused the object.
+    pub fn load_joined(dir: &Path) -> Result<Self, XdpError> {
+        let mut loader = aya::EbpfLoader::new();
+        for name in maps::ALL {
+            loader.map_pin_path(name, dir.join(name));
+        }
+        Ok(Self {
+            ebpf: loader.load(OBJECT)?,
             attached: Vec::new(),
         })
     }
@@ -366,6 +393,7 @@ mod tests {
             mode = "off"
             sourceSynRate = 100
             sourceSynBurst = 5
+            overflow = "rst"
             [[frontend]]
             name = "a"
             listen = "10.0.0.1:80"
@@ -386,6 +414,7 @@ mod tests {
         let plan = Plan::from_config(&cfg, 1);
         assert_eq!(plan.config.source_interval_ns, 10_000_000);
         assert_eq!(plan.config.source_tau_ns, 50_000_000);
+        assert_eq!(plan.config.overflow, lb_common::overflow::RST);
         assert_eq!(plan.vips.len(), 1);
         let (_, v, name) = &plan.vips[0];
         assert_eq!(name, "a");

@@ -51,6 +51,16 @@ impl Reply {
             .map(|(_, v)| v.as_str())
     }
 
+    /// The `name=value` part of the `Set-Cookie` that sets cookie `name`.
+    #[must_use]
+    pub fn cookie(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .filter(|(k, _)| k == "set-cookie")
+            .filter_map(|(_, v)| v.split(';').next())
+            .find(|kv| kv.split_once('=').is_some_and(|(k, _)| k.trim() == name))
+    }
+
     /// Which test backend answered (`x-backend`).
     #[must_use]
     pub fn backend(&self) -> &str {

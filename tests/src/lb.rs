@@ -43,6 +43,19 @@ impl Lb {
     /// # Errors
     /// `lb` exited or did not get ready within 20 s; the error holds its log.
     pub fn start(ns: Option<&Netns>, config_path: &Path, config: &str) -> Result<Self> {
+        Self::start_with(ns, config_path, config, &[])
+    }
+
+    /// As [`Lb::start`], with more arguments to `lb run` (e.g. `--join`).
+    ///
+    /// # Errors
+    /// As [`Lb::start`].
+    pub fn start_with(
+        ns: Option<&Netns>,
+        config_path: &Path,
+        config: &str,
+        extra: &[&str],
+    ) -> Result<Self> {
         std::fs::write(config_path, config)?;
         let mut cmd = match ns {
             Some(ns) => ns.cmd(&lb_bin().to_string_lossy()),
@@ -51,6 +64,7 @@ impl Lb {
         let mut child = cmd
             .args(["run", "-c"])
             .arg(config_path)
+            .args(extra)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

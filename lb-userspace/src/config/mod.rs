@@ -80,6 +80,14 @@ pub struct Global {
     /// take to finish after `lb` stops accepting (default 30s).
     #[serde(default = "default_drain")]
     pub drain_timeout: ConfigDuration,
+    /// Whether a refusal by a limit (HTTP 503) carries the header
+    /// `lb-limit: <level>/<axis>` naming it (default true).
+    #[serde(default = "default_true")]
+    pub limit_header: bool,
+}
+
+const fn default_true() -> bool {
+    true
 }
 
 impl Default for Global {
@@ -89,6 +97,7 @@ impl Default for Global {
             workers: Ranged(0),
             limits: Limits::default(),
             drain_timeout: default_drain(),
+            limit_header: true,
         }
     }
 }

@@ -7,6 +7,11 @@
 //! connection or request must pass every level; a refusal names the level
 //! and the axis (`lb-limit: <level>/<axis>`).
 
+pub mod live;
+pub mod rate;
+pub mod session;
+pub mod slots;
+
 use std::fmt;
 
 use crate::config::{Config, Limits};

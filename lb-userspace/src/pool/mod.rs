@@ -23,10 +23,7 @@ use std::{
 
 use balance::{Maglev, SmoothRoundRobin};
 
-use crate::{
-    config::{self, Algorithm, BackendProtocol, Sticky},
-    limits::Axis,
-};
+use crate::config::{self, Algorithm, BackendProtocol, Sticky};
 
 /// One backend of a pool.
 #[derive(Debug)]
@@ -74,8 +71,6 @@ pub struct PoolSettings {
     pub connect_timeout: Duration,
     /// Longest backend silence.
     pub server_timeout: Duration,
-    /// Connect attempts after the first (the profile's `maxRetries`).
-    pub max_retries: u32,
     /// Protocol to backends (HTTP).
     pub protocol: BackendProtocol,
     /// Stickiness.
@@ -130,7 +125,7 @@ impl Pool {
     /// Builds a pool from its config; every backend starts up (as HAProxy's
     /// servers do) until its health checks say otherwise.
     #[must_use]
-    pub fn new(cfg: &config::Config, p: &config::Pool) -> Self {
+    pub fn new(p: &config::Pool) -> Self {
         let backends: Vec<Backend> = p
             .backends
             .iter()
@@ -149,11 +144,9 @@ impl Pool {
                 }
             })
             .collect();
-        let profile = cfg.profile_of(p);
         let settings = PoolSettings {
             connect_timeout: p.timeouts.connect.0,
             server_timeout: p.timeouts.server.0,
-            max_retries: u32::try_from(profile.profile(Axis::MaxRetries)).unwrap_or(u32::MAX),
             protocol: p.protocol,
             sticky: p.sticky,
             sticky_cookie: p.sticky_cookie.clone(),

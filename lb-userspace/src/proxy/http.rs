@@ -29,6 +29,7 @@ use hyper_util::{rt::TokioIo, server::conn::auto};
 use tokio::{net::TcpStream, sync::watch, time::Sleep};
 
 use super::{
+    admit::{self, Refusal},
     counters::Timeout,
     h1, headers,
     io::{ConnState, InFlight, LocalExec, SendStream, Tracked},
@@ -38,7 +39,7 @@ use super::{
 };
 use crate::{
     config::{BackendProtocol, Sticky},
-    limits::Axis,
+    limits::{session, slots::Permit, Axis},
     pool::{balance, ActiveGuard, PickKey, Pool},
 };
 
@@ -83,7 +84,8 @@ pub async fn serve(
             handle(req, peer, Rc::clone(&fwd), Rc::clone(&ctx), guard)
         })
     };
-    let conn = ctx.http.serve_connection(io, service);
+    let builder = ctx.http_builder();
+    let conn = builder.serve_connection(io, service);
     tokio::pin!(conn);
     let t = &ctx.timeouts;
     let tick = (t.client_idle.0.min(t.header_read.0) / 4)
@@ -138,20 +140,49 @@ fn head_too_large(e: &(dyn std::error::Error + Send + Sync + 'static), ctx: &Fro
     if !too_large {
         return;
     }
-    let fe = &ctx.shared.frontends[ctx.index];
-    let Some((size, level)) = fe.buffer else {
+    let Some((size, level)) = ctx.shared.live.tightest(ctx.index, Axis::MaxBufferSize) else {
         return;
     };
-    ctx.counters().refuse(level, Axis::MaxBufferSize);
     ctx.counters().response(431);
-    ctx.refusals.note(
-        &fe.name,
-        &ctx.pool.name,
+    ctx.refused(
         level,
         Axis::MaxBufferSize,
         &format!("a request head over {size} bytes (431)"),
     );
 }
+
+/// Answers every request of a connection refused by a connection limit
+/// (`maxConn` at the global or frontend level) with 503, then closes it
+/// (HTTP/1.1 at once; HTTP/2 when the client is done, at most `headerRead`
+/// later).
+pub async fn refuse_connection(stream: TcpStream, ctx: &Rc<FrontendCtx>, r: Refusal) {
+    let counters = Rc::clone(ctx);
+    let service = service_fn(move |_req: Request<Incoming>| {
+        counters.counters().response(503);
+        let mut resp = refusal(&counters, r);
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        async move { Ok::<_, Infallible>(resp) }
+    });
+    let builder = ctx.http_builder();
+    let conn = builder.serve_connection(TokioIo::new(SendStream(stream)), service);
+    let _ = tokio::time::timeout(ctx.timeouts.header_read.0, conn).await;
+}
+
+/// The answer to a request refused by a limit: 503, `Retry-After: 1`, and
+/// (unless turned off) `lb-limit: <level>/<axis>`.
+fn refusal(ctx: &FrontendCtx, r: Refusal) -> Response<RespBody> {
+    let mut resp = error(StatusCode::SERVICE_UNAVAILABLE, r.why);
+    if ctx.shared.limit_header {
+        if let Ok(v) = HeaderValue::from_str(&format!("{}/{}", r.level, r.axis)) {
+            resp.headers_mut().insert(LB_LIMIT, v);
+        }
+    }
+    resp
+}
+
+/// The header naming the limit that refused a request.
+const LB_LIMIT: &str = "lb-limit";
 
 const REQUEST_TIMEOUT: &[u8] = b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain\r\n\
 content-length: 44\r\nconnection: close\r\n\r\nlb: the request head did not arrive in time\n";
@@ -264,16 +295,58 @@ async fn proxy(
     ctx: &Rc<FrontendCtx>,
 ) -> Response<RespBody> {
     use std::sync::atomic::Ordering::Relaxed;
-    let pool = &ctx.pool;
-    let settings = &pool.settings;
-    let counters = ctx.counters();
-    if !pool.any_up() {
-        counters.no_backend.fetch_add(1, Relaxed);
+    if !ctx.pool.any_up() {
+        ctx.counters().no_backend.fetch_add(1, Relaxed);
         return error(
             StatusCode::SERVICE_UNAVAILABLE,
             "no backend of the pool is up",
         );
     }
+    // maxSessRate: a request without a valid session cookie starts one
+    // (no cookies at all while every level leaves the axis off).
+    let new_session = ctx
+        .shared
+        .live
+        .tightest(ctx.index, Axis::MaxSessRate)
+        .is_some()
+        && !cookies(req.headers(), session::COOKIE).any(|c| ctx.shared.sessions.valid(c));
+    if new_session {
+        if let Err(r) = admit::new_session(ctx) {
+            return refusal(ctx, r);
+        }
+    }
+    // maxConn of the pool: a slot per request in flight, maybe after the
+    // queue; held until the response body ends.
+    let slot = match admit::pool_slot(ctx).await {
+        Ok(p) => p,
+        Err(r) => return refusal(ctx, r),
+    };
+    let mut resp = forward(req, peer, fwd, ctx).await;
+    resp.body_mut().slot = Some(slot);
+    if new_session && !resp.status().is_server_error() {
+        let c = format!(
+            "{}={}; Path=/; HttpOnly",
+            session::COOKIE,
+            ctx.shared.sessions.mint()
+        );
+        if let Ok(v) = HeaderValue::from_str(&c) {
+            resp.headers_mut().append(header::SET_COOKIE, v);
+        }
+    }
+    resp
+}
+
+/// Picks backends and sends the request until one answers or the tries
+/// run out.
+async fn forward(
+    req: Request<Incoming>,
+    peer: SocketAddr,
+    fwd: &headers::Forwarding,
+    ctx: &Rc<FrontendCtx>,
+) -> Response<RespBody> {
+    let pool = &ctx.pool;
+    let settings = &pool.settings;
+    let counters = ctx.counters();
     let (mut parts, body) = req.into_parts();
     let key = PickKey {
         source: peer.ip(),
@@ -283,7 +356,7 @@ async fn proxy(
             .and_then(|h| parts.headers.get(h))
             .map(|v| balance::hash_bytes(v.as_bytes())),
         cookie: (settings.sticky == Sticky::Cookie)
-            .then(|| sticky_cookie(&parts.headers, &settings.sticky_cookie))
+            .then(|| cookie(&parts.headers, &settings.sticky_cookie))
             .flatten()
             .and_then(|id| pool.backend_by_id(id)),
     };
@@ -422,16 +495,26 @@ fn prepare_request(
     }
 }
 
-/// The value of cookie `name`, if the request has it.
-fn sticky_cookie<'a>(headers: &'a http::HeaderMap, name: &str) -> Option<&'a str> {
+/// The values of cookie `name` in a request, in order (quotes removed).
+fn cookies<'a>(headers: &'a http::HeaderMap, name: &'a str) -> impl Iterator<Item = &'a str> {
     headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
         .filter_map(|kv| kv.trim().split_once('='))
-        .find(|(k, _)| *k == name)
-        .map(|(_, v)| v.trim())
+        .filter(move |(k, _)| *k == name)
+        .map(|(_, v)| {
+            let v = v.trim();
+            v.strip_prefix('"')
+                .and_then(|v| v.strip_suffix('"'))
+                .unwrap_or(v)
+        })
+}
+
+/// The first value of cookie `name`, if the request has it.
+fn cookie<'a>(headers: &'a http::HeaderMap, name: &'a str) -> Option<&'a str> {
+    cookies(headers, name).next()
 }
 
 enum Sent {
@@ -503,6 +586,7 @@ fn respond(
             _active: guard,
         },
         in_flight: None,
+        slot: None,
     };
     Response::from_parts(parts, body)
 }
@@ -549,6 +633,7 @@ fn error(status: StatusCode, why: &str) -> Response<RespBody> {
     let mut r = Response::new(RespBody {
         kind: Kind::Full(Some(Bytes::from(format!("lb: {why}\n")))),
         in_flight: None,
+        slot: None,
     });
     *r.status_mut() = status;
     r.headers_mut()
@@ -565,6 +650,8 @@ fn error(status: StatusCode, why: &str) -> Response<RespBody> {
 pub struct RespBody {
     kind: Kind,
     in_flight: Option<InFlight>,
+    /// The pool's `maxConn` slot of the request, freed when the body ends.
+    slot: Option<Permit>,
 }
 
 enum Kind {
@@ -721,7 +808,7 @@ mod tests {
             header::COOKIE,
             HeaderValue::from_static("a=1; lb_backend=00ff; b=2"),
         );
-        assert_eq!(sticky_cookie(&h, "lb_backend"), Some("00ff"));
-        assert_eq!(sticky_cookie(&h, "c"), None);
+        assert_eq!(cookie(&h, "lb_backend"), Some("00ff"));
+        assert_eq!(cookie(&h, "c"), None);
     }
 }

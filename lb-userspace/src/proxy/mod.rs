@@ -11,12 +11,14 @@
 //! - [`http`] / [`tcp`]: the two frontend modes;
 //! - [`tries`]: backend tries and retries, for both modes;
 //! - [`pace`]: accept pacing (`rateLimitSessions`);
+//! - [`admit`]: `maxConn` and `maxSessRate` on connections and requests;
 //! - [`upstream`]: backend connections, per worker;
 //! - [`h1`]: HTTP/1.1 to backends inside the request's task;
 //! - [`headers`]: forwarding headers;
 //! - [`io`]: per-connection byte counting for the timeouts;
 //! - [`counters`]: per-worker counters.
 
+pub mod admit;
 pub mod counters;
 pub mod h1;
 pub mod headers;
@@ -37,7 +39,7 @@ use tracing::{info, warn};
 
 use crate::{
     config::{Config, FrontendTimeouts, Mode},
-    limits::{self, Axis, Level},
+    limits::{live::Live, session::Sessions, Axis, Level},
     pool::{self, Picker, Pool},
 };
 use counters::{FrontendCounters, WorkerCounters};
@@ -55,10 +57,6 @@ pub struct FrontendInfo {
     pub pool: usize,
     /// Client-side timeouts.
     pub timeouts: FrontendTimeouts,
-    /// `maxBufferSize` in force and the level that sets it (None: off).
-    pub buffer: Option<(u64, Level)>,
-    /// `rateLimitSessions` gates that pace its accepts, all levels.
-    pub pacing: Vec<Arc<pace::RateGate>>,
 }
 
 /// What every worker shares: read-mostly, counters per worker.
@@ -70,6 +68,12 @@ pub struct Shared {
     pub pools: Vec<Arc<Pool>>,
     /// Per worker, in worker order.
     pub workers: Vec<WorkerCounters>,
+    /// The limits in force (they change live).
+    pub live: Arc<Live>,
+    /// Session cookies for `maxSessRate`.
+    pub sessions: Sessions,
+    /// Whether refusals carry `lb-limit: <level>/<axis>`.
+    pub limit_header: bool,
 }
 
 /// One frontend on one worker: what its connections need, at hand.
@@ -88,8 +92,11 @@ pub struct FrontendCtx {
     pub upstreams: Rc<upstream::Upstreams>,
     /// Client-side timeouts.
     pub timeouts: FrontendTimeouts,
-    /// HTTP connection settings.
-    pub http: hyper_util::server::conn::auto::Builder<io::LocalExec>,
+    /// HTTP connection settings, and the limits generation they follow.
+    pub http: RefCell<(
+        u64,
+        Rc<hyper_util::server::conn::auto::Builder<io::LocalExec>>,
+    )>,
     /// This worker's refusal log lines.
     pub refusals: counters::RefusalLog,
 }
@@ -99,6 +106,35 @@ impl FrontendCtx {
     #[must_use]
     pub fn counters(&self) -> &FrontendCounters {
         &self.shared.workers[self.worker].frontends[self.index]
+    }
+
+    /// The frontend.
+    #[must_use]
+    pub fn info(&self) -> &FrontendInfo {
+        &self.shared.frontends[self.index]
+    }
+
+    /// The HTTP connection builder for the limits in force (rebuilt when
+    /// they changed, so a new `maxBufferSize` applies to new connections).
+    #[must_use]
+    pub fn http_builder(&self) -> Rc<hyper_util::server::conn::auto::Builder<io::LocalExec>> {
+        let live = &self.shared.live;
+        let mut b = self.http.borrow_mut();
+        if b.0 != live.generation() {
+            let buffer = live.tightest(self.index, Axis::MaxBufferSize);
+            *b = (
+                live.generation(),
+                Rc::new(http::builder(buffer.map(|(v, _)| v))),
+            );
+        }
+        Rc::clone(&b.1)
+    }
+
+    /// Counts and logs a refusal by `axis` at `level`.
+    pub fn refused(&self, level: Level, axis: Axis, why: &str) {
+        self.counters().refuse(level, axis);
+        self.refusals
+            .note(&self.info().name, &self.pool.name, level, axis, why);
     }
 }
 
@@ -116,52 +152,22 @@ impl Proxy {
     ///
     /// # Errors
     /// A frontend's address cannot be bound, or a thread cannot start.
-    pub fn start(cfg: &Config) -> Result<Self> {
+    pub fn start(cfg: &Config, live: Arc<Live>, sessions: Sessions) -> Result<Self> {
         let cpus = listen::allowed_cpus();
         let n = match cfg.global.workers.0 {
             0 => cpus.len().max(1),
             n => usize::try_from(n).unwrap_or(1),
         };
-        let pools: Vec<Arc<Pool>> = cfg
-            .pool
-            .iter()
-            .map(|p| Arc::new(Pool::new(cfg, p)))
-            .collect();
-        // rateLimitSessions: one gate per level that sets it, shared by the
-        // frontends it covers (the global one by all, a pool's by the
-        // frontends that use the pool).
-        let rate = |l: &crate::config::Limits, profile: bool| {
-            let v = if profile {
-                l.profile(Axis::RateLimitSessions)
-            } else {
-                l.level(Axis::RateLimitSessions)
-            };
-            (v > 0).then(|| Arc::new(pace::RateGate::new(v)))
-        };
-        let global_gate = rate(&cfg.global.limits, false);
-        let pool_gates: Vec<Option<Arc<pace::RateGate>>> = cfg
-            .pool
-            .iter()
-            .map(|p| rate(&cfg.profile_of(p), true))
-            .collect();
+        let pools: Vec<Arc<Pool>> = cfg.pool.iter().map(|p| Arc::new(Pool::new(p))).collect();
         let frontends: Vec<FrontendInfo> = cfg
             .frontend
             .iter()
             .map(|f| FrontendInfo {
-                pacing: [
-                    global_gate.clone(),
-                    rate(&f.limits, false),
-                    cfg.pool_index(f).and_then(|i| pool_gates[i].clone()),
-                ]
-                .into_iter()
-                .flatten()
-                .collect(),
                 name: f.name.clone(),
                 mode: f.mode,
                 listen: f.listen.0,
                 pool: cfg.pool_index(f).unwrap_or(0),
                 timeouts: f.timeouts,
-                buffer: limits::tightest(cfg, f, Axis::MaxBufferSize),
             })
             .collect();
         // Sockets per frontend, then regrouped per worker.
@@ -188,6 +194,9 @@ impl Proxy {
             workers: (0..n)
                 .map(|i| WorkerCounters::new(cpu_of(i), cfg.frontend.len()))
                 .collect(),
+            live,
+            sessions,
+            limit_header: cfg.global.limit_header,
         });
         let mut health = Vec::new();
         for (p, pc) in shared.pools.iter().zip(&cfg.pool) {

@@ -1,4 +1,6 @@
-//! `mode = "tcp"` frontends: each client connection is spliced to one
+//! `mode = "tcp"` frontends: each client connection is a new session
+//! (`maxSessRate`) and takes a slot of the pool's `maxConn` (waiting in the
+//! pool's queue if need be; refused: closed), then is spliced to one
 //! backend connection. A failed connect is retried on another backend up to
 //! the pool's `maxRetries`; then the client is closed. Data is copied both
 //! ways; when one side ends its stream, the other side's write half is shut
@@ -10,12 +12,13 @@ use std::{net::SocketAddr, rc::Rc, sync::atomic::Ordering::Relaxed, time::Durati
 use tokio::net::TcpStream;
 
 use super::{
+    admit,
     counters::Timeout,
     io::{ConnState, Tracked},
     tries::Tries,
     upstream, FrontendCtx,
 };
-use crate::pool::PickKey;
+use crate::{limits::Axis, pool::PickKey};
 
 /// Copy buffer per direction when `maxBufferSize` is off at every level.
 const BUFFER: usize = 64 * 1024;
@@ -27,8 +30,16 @@ pub async fn serve(client: TcpStream, peer: SocketAddr, ctx: Rc<FrontendCtx>) {
     let pool = &ctx.pool;
     if !pool.any_up() {
         counters.no_backend.fetch_add(1, Relaxed);
-        return;
+        return close(client).await;
     }
+    // Every connection is a new session; then a slot of the pool's maxConn
+    // (maybe after the queue). Refused: the client is closed.
+    if admit::new_session(&ctx).is_err() {
+        return close(client).await;
+    }
+    let Ok(_slot) = admit::pool_slot(&ctx).await else {
+        return close(client).await;
+    };
     let key = PickKey {
         source: peer.ip(),
         header_hash: None,
@@ -49,7 +60,7 @@ pub async fn serve(client: TcpStream, peer: SocketAddr, ctx: Rc<FrontendCtx>) {
     }
     let Some((server, _guard)) = connected else {
         tries.give_up(&ctx);
-        return;
+        return close(client).await;
     };
     let activity = Rc::new(ConnState::default());
     let mut client = Tracked::new(client, Rc::clone(&activity));
@@ -57,8 +68,10 @@ pub async fn serve(client: TcpStream, peer: SocketAddr, ctx: Rc<FrontendCtx>) {
     let idle = ctx.timeouts.client_idle.0;
     let tick = (idle / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
     // maxBufferSize: the most held per direction.
-    let buffer = ctx.shared.frontends[ctx.index]
-        .buffer
+    let buffer = ctx
+        .shared
+        .live
+        .tightest(ctx.index, Axis::MaxBufferSize)
         .map_or(BUFFER, |(v, _)| usize::try_from(v).unwrap_or(BUFFER));
     let copy = tokio::io::copy_bidirectional_with_sizes(&mut client, &mut server, buffer, buffer);
     tokio::pin!(copy);
@@ -83,4 +96,24 @@ pub async fn serve(client: TcpStream, peer: SocketAddr, ctx: Rc<FrontendCtx>) {
             }
         }
     }
+}
+
+/// Closes a client connection lb will not proxy: FIN first, then what the
+/// client sent already is read and dropped (at most 64 KiB, for at most
+/// 200 ms), so the kernel does not answer unread bytes with a reset. The
+/// client sees its connection closed.
+pub async fn close(mut client: TcpStream) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let _ = client.shutdown().await;
+    let mut buf = [0u8; 4096];
+    let mut left = 64 * 1024usize;
+    let _ = tokio::time::timeout(Duration::from_millis(200), async {
+        while left > 0 {
+            match client.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => left = left.saturating_sub(n),
+            }
+        }
+    })
+    .await;
 }

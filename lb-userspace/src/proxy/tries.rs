@@ -1,5 +1,5 @@
 //! The backend tries of one HTTP request or TCP connection: which backends
-//! were tried, how many tries are left (1 + the profile's `maxRetries`),
+//! were tried, how many tries are left (1 + the tightest `maxRetries` in force),
 //! and the counters each try moves. Both frontend modes use it, so a retry
 //! means the same thing and is counted the same way in either.
 
@@ -21,7 +21,8 @@ impl Tries {
     pub fn new(ctx: &FrontendCtx) -> Self {
         Self {
             tried: Vec::new(),
-            attempts: 1 + ctx.pool.settings.max_retries as usize,
+            attempts: 1 + usize::try_from(ctx.shared.live.max_retries(ctx.index).0)
+                .unwrap_or(usize::MAX),
         }
     }
 

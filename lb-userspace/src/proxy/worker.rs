@@ -90,7 +90,7 @@ async fn serve(plan: Plan, shared: Arc<Shared>, mut stop: watch::Receiver<bool>,
             pool,
             upstreams: Rc::clone(&upstreams),
             timeouts: fe.timeouts,
-            http: http::builder(fe.buffer.map(|(v, _)| v)),
+            http: RefCell::new((u64::MAX, Rc::new(http::builder(None)))),
             refusals: super::counters::RefusalLog::default(),
         });
         accepting.push(tokio::task::spawn_local(accept_loop(
@@ -139,12 +139,12 @@ async fn accept_loop(
     let counters = &ctx.shared.workers[ctx.worker];
     let mode = ctx.shared.frontends[ctx.index].mode;
     let mut last_error_log: Option<std::time::Instant> = None;
-    let pacing = ctx.shared.frontends[ctx.index].pacing.clone();
-    let gates: Vec<&super::pace::RateGate> = pacing.iter().map(AsRef::as_ref).collect();
+    let live = Arc::clone(&ctx.shared.live);
+    let gates = live.levels(ctx.index).map(|s| &s.accept);
     loop {
         // rateLimitSessions: wait (connections stay in the backlog) until
         // every level's gate allows one more.
-        if !gates.is_empty() && super::pace::admit(&gates).await {
+        if super::pace::admit(&gates).await {
             ctx.counters().paced.fetch_add(1, Relaxed);
         }
         let (stream, peer) = match listener.accept().await {
@@ -170,9 +170,12 @@ async fn accept_loop(
         let ctx = Rc::clone(&ctx);
         let stop = stop.clone();
         tokio::task::spawn_local(async move {
-            match mode {
-                Mode::Http => http::serve(stream, peer, Rc::clone(&ctx), stop).await,
-                Mode::Tcp => tcp::serve(stream, peer, Rc::clone(&ctx)).await,
+            // maxConn at the global and frontend levels: over it, refused.
+            match (super::admit::connection(&ctx).await, mode) {
+                (Ok(_held), Mode::Http) => http::serve(stream, peer, Rc::clone(&ctx), stop).await,
+                (Ok(_held), Mode::Tcp) => tcp::serve(stream, peer, Rc::clone(&ctx)).await,
+                (Err(r), Mode::Http) => http::refuse_connection(stream, &ctx, r).await,
+                (Err(_), Mode::Tcp) => tcp::close(stream).await,
             }
             ctx.counters().active.fetch_sub(1, Relaxed);
             drop(guard);

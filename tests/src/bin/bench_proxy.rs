@@ -262,7 +262,12 @@ fn lb_toml() -> String {
          clientIdle = \"60s\"\n\
          [[pool]]\n\
          name = \"be\"\n\
-         backends = [\"127.0.0.1:{b1}\", \"127.0.0.1:{b2}\"]\n",
+         profile = \"bench\"\n\
+         backends = [\"127.0.0.1:{b1}\", \"127.0.0.1:{b2}\"]\n\
+         # HAProxy's and nginx's configs set no session cookie: neither\n\
+         # does lb here (maxSessRate off). Every other axis is at its default.\n\
+         [profile.bench]\n\
+         maxSessRate = 0\n",
         pid = std::process::id(),
         port = Target::Lb.port(),
     )

@@ -1,0 +1,175 @@
+//! Shared pool accounting across processes (needs root): an `lb run --join`
+//! started beside a running `lb` shares its pinned `pool_state` map and its
+//! listening address, the two enforce one `maxConn`, and the joined one
+//! takes the instance over (pins, XDP) when the old one exits. Also
+//! `xdp.overflow = "rst"`: a saturated pool's VIP refuses connects in XDP.
+
+use std::{
+    net::SocketAddr,
+    time::{Duration, Instant},
+};
+
+use lb_tests::{
+    backend::HttpBackend,
+    client::{curl_in, Reply},
+    have_root,
+    lb::Lb,
+    netns::{Netns, Topology},
+    ScratchDir,
+};
+
+const VIP: &str = "198.18.0.1:8080";
+
+fn topo() -> Topology {
+    Topology::new("lbj", &["198.18.0.2/24"], &["198.18.0.1/24"]).expect("namespaces")
+}
+
+fn config(instance: &str, iface: &str, admin: &str, backend: SocketAddr, extra: &str) -> String {
+    format!(
+        r#"[global]
+instance = "{instance}"
+drainTimeout = "10s"
+[xdp]
+iface = "{iface}"
+mode = "driver"
+{extra}
+[admin]
+listen = "{admin}"
+[[frontend]]
+name = "web"
+listen = "{VIP}"
+pool = "p"
+[[pool]]
+name = "p"
+profile = "one"
+backends = ["{backend}"]
+queue = {{ depth = 5, timeout = "8s" }}
+[profile.one]
+maxConn = 1
+"#
+    )
+}
+
+fn status_in(ns: &Netns, admin: &str) -> serde_json::Value {
+    let r = curl_in(Some(ns.name()), &format!("http://{admin}/api/status"), &[]).expect("curl");
+    serde_json::from_str(&r.body).unwrap_or_else(|e| panic!("{e}: {}", r.body))
+}
+
+fn pool_conns(ns: &Netns, admin: &str) -> (u64, u64) {
+    let s = status_in(ns, admin);
+    let c = &s["pools"][0]["conns"];
+    (
+        c["active"].as_u64().unwrap_or(99),
+        c["queued"].as_u64().unwrap_or(99),
+    )
+}
+
+fn curl_later(ns: String, path: &'static str) -> std::thread::JoinHandle<(Reply, Instant)> {
+    std::thread::spawn(move || {
+        let r = curl_in(Some(&ns), &format!("http://{VIP}{path}"), &[]).expect("curl");
+        (r, Instant::now())
+    })
+}
+
+fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn xdp_attached(ns: &Netns, iface: &str) -> bool {
+    let out = ns
+        .run(&["ip", "-d", "link", "show", "dev", iface])
+        .expect("ip link");
+    String::from_utf8_lossy(&out.stdout).contains("prog/xdp")
+}
+
+#[test]
+fn a_joined_process_shares_one_max_conn_with_the_old_one_and_takes_over_when_it_exits() {
+    if !have_root("a_joined_process_shares_one_max_conn") {
+        return;
+    }
+    let t = topo();
+    let dir = ScratchDir::new("lb-join");
+    let b = HttpBackend::start(
+        "a",
+        "198.18.0.1:0".parse().expect("addr"),
+        Some(t.lbns.name()),
+    )
+    .expect("backend");
+    let instance = format!("join{}", t.tag);
+    let (admin_a, admin_b) = ("127.0.0.1:9181", "127.0.0.1:9182");
+    let mut old = Lb::start(
+        Some(&t.lbns),
+        &dir.join("a.toml"),
+        &config(&instance, &t.iface, admin_a, b.addr, ""),
+    )
+    .expect("old lb");
+    // Without --join a second process is refused, as before.
+    let refused = Lb::start(
+        Some(&t.lbns),
+        &dir.join("c.toml"),
+        &config(&instance, &t.iface, "127.0.0.1:9183", b.addr, ""),
+    );
+    let err = format!("{:#}", refused.err().expect("a second lb is refused"));
+    assert!(err.contains("already running"), "{err}");
+    let mut new = Lb::start_with(
+        Some(&t.lbns),
+        &dir.join("b.toml"),
+        &config(&instance, &t.iface, admin_b, b.addr, ""),
+        &["--join"],
+    )
+    .expect("joined lb");
+    assert!(
+        new.log().contains("joined the running instance"),
+        "{}",
+        new.log()
+    );
+
+    // A request through the old process holds the pool's one slot: the new
+    // process sees it in the shared map.
+    let client = t.client.name().to_owned();
+    let held = curl_later(client.clone(), "/slow?ms=2500");
+    wait_for("the slot taken", || pool_conns(&t.lbns, admin_a) == (1, 0));
+    assert_eq!(
+        pool_conns(&t.lbns, admin_b),
+        (1, 0),
+        "one count, two processes"
+    );
+
+    // The old process stops accepting and drains; new connections reach the
+    // new one, which must wait for the old one's slot.
+    let stopping = std::thread::spawn(move || {
+        let code = old.stop(libc::SIGTERM).expect("old exits");
+        (code, old.log())
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let waiter = curl_later(client, "/slow?ms=1");
+    wait_for("the new process's waiter queued", || {
+        pool_conns(&t.lbns, admin_b) == (1, 1)
+    });
+    let (h, held_at) = held.join().expect("held");
+    let (w, waited_at) = waiter.join().expect("waiter");
+    assert_eq!((h.status, w.status), (200, 200), "{h:?} {w:?}");
+    assert!(
+        waited_at >= held_at,
+        "the joined process admitted its request only after the old one's ended"
+    );
+    let (code, old_log) = stopping.join().expect("stopping");
+    assert_eq!(code, Some(0), "{old_log}");
+
+    // The new process owns the instance now: pins and XDP are its own.
+    wait_for("the take-over", || {
+        new.log().contains("owns the instance now")
+    });
+    let pins = std::path::Path::new("/sys/fs/bpf/lb").join(&instance);
+    assert!(pins.join("pool_state").exists(), "{}", new.log());
+    assert!(xdp_attached(&t.lbns, &t.iface), "{}", new.log());
+    let r = curl_in(Some(t.client.name()), &format!("http://{VIP}/"), &[]).expect("curl");
+    assert_eq!(r.status, 200);
+    assert_eq!(new.stop(libc::SIGTERM).expect("exit"), Some(0));
+    assert!(!pins.exists(), "pins removed by the last owner");
+    assert!(!xdp_attached(&t.lbns, &t.iface));
+}
