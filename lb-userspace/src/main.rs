@@ -43,6 +43,10 @@ enum Cmd {
         /// JSON instead of a table.
         #[arg(long)]
         json: bool,
+        /// The admin listener (`[admin] listen`) of the running `lb`: adds
+        /// refusals by frontend, level and axis, and queue lengths.
+        #[arg(long)]
+        admin: Option<std::net::SocketAddr>,
     },
     /// Internal: removes an instance's pins when its `lb` exits.
     #[command(name = "__janitor", hide = true)]
@@ -101,27 +105,59 @@ fn main() -> ExitCode {
             instance,
             per_cpu,
             json,
-        } => match Stats::read(&instance) {
-            Ok(s) if json => {
-                println!("{}", s.to_json());
-                ExitCode::SUCCESS
-            }
-            Ok(s) => {
-                println!(
-                    "instance {instance} ({})",
-                    lb::instance::pin_dir(&instance).display()
-                );
-                print!("{}", s.render(per_cpu));
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("lb stats: {e}");
-                ExitCode::FAILURE
-            }
-        },
+            admin,
+        } => stats(&instance, per_cpu, json, admin),
         Cmd::Janitor { instance: name } => {
             instance::run_janitor(&name);
             ExitCode::SUCCESS
         }
     }
+}
+
+/// `lb stats`: the pinned maps, and with `admin` the proxy's refusals. With
+/// `admin` and no pins (XDP off), the admin part alone.
+fn stats(
+    instance: &str,
+    per_cpu: bool,
+    json: bool,
+    admin: Option<std::net::SocketAddr>,
+) -> ExitCode {
+    let pins = Stats::read(instance);
+    let status = match admin.map(lb::stats::fetch_status).transpose() {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("lb stats: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let pins = match (pins, &status) {
+        (Ok(s), _) => Some(s),
+        (Err(e), Some(_)) => {
+            eprintln!("lb stats: {e}; showing the admin API's counters only");
+            None
+        }
+        (Err(e), None) => {
+            eprintln!("lb stats: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if json {
+        let mut v = pins.map_or_else(|| serde_json::json!({}), |s| s.to_json());
+        if let Some(st) = status {
+            v["admin"] = st;
+        }
+        println!("{v}");
+        return ExitCode::SUCCESS;
+    }
+    println!(
+        "instance {instance} ({})",
+        instance::pin_dir(instance).display()
+    );
+    if let Some(s) = pins {
+        print!("{}", s.render(per_cpu));
+    }
+    if let Some(st) = &status {
+        print!("{}", lb::stats::render_limits(st));
+    }
+    ExitCode::SUCCESS
 }

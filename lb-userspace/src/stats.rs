@@ -1,10 +1,12 @@
-//! `lb stats`: the data plane's counters, read from the pinned maps alone, so
-//! it works from any shell while `lb run` runs (and needs no admin API).
+//! `lb stats`: the data plane's counters and each level's `maxConn` counts,
+//! read from the pinned maps alone, so it works from any shell while `lb run`
+//! runs; with `--admin ADDR` also the proxy's refusals by frontend, level and
+//! axis, and queue lengths by name, from the admin API.
 
 use std::{fmt::Write as _, net::SocketAddr, path::Path};
 
-use aya::maps::{HashMap, Map, MapData, PerCpuArray, PerCpuValues};
-use lb_common::{maps, PacketCounters, VipCounters, VipKey, VipValue};
+use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray, PerCpuValues};
+use lb_common::{maps, PacketCounters, PoolState, VipCounters, VipKey, VipValue};
 use serde_json::{json, Value};
 
 use crate::{instance, xdp::vip_addr};
@@ -79,6 +81,21 @@ pub struct Stats {
     pub per_cpu: Vec<Counters>,
     /// Per VIP, sorted by index.
     pub vips: Vec<VipStats>,
+    /// `maxConn` accounting of each level in use (`pool_state` slot,
+    /// counts), in slot order.
+    pub levels: Vec<(u32, PoolState)>,
+}
+
+/// The name of a `pool_state` slot: `global`, `frontend #i`, `pool #i`
+/// (numbered in file order).
+#[must_use]
+pub fn slot_name(slot: u32) -> String {
+    let f = lb_common::MAX_FRONTENDS;
+    match slot {
+        0 => "global".to_owned(),
+        s if s <= f => format!("frontend #{}", s - 1),
+        s => format!("pool #{}", s - 1 - f),
+    }
 }
 
 fn open(dir: &Path, name: &'static str) -> Result<Map, StatsError> {
@@ -154,6 +171,19 @@ impl Stats {
             });
         }
         vips.sort_by_key(|v| v.index);
+        let levels = match open(dir, maps::POOL_STATE) {
+            Ok(m) => {
+                let arr: Array<MapData, PoolState> =
+                    Array::try_from(m).map_err(err(maps::POOL_STATE))?;
+                arr.iter()
+                    .enumerate()
+                    .filter_map(|(i, v)| Some((u32::try_from(i).ok()?, v.ok()?)))
+                    .filter(|(_, p)| p.limit != 0 || p.active != 0 || p.queued != 0)
+                    .collect()
+            }
+            // An older instance without the map.
+            Err(_) => Vec::new(),
+        };
         let per_cpu = values
             .iter()
             .enumerate()
@@ -177,7 +207,11 @@ impl Stats {
                 }
             })
             .collect();
-        Ok(Self { per_cpu, vips })
+        Ok(Self {
+            per_cpu,
+            vips,
+            levels,
+        })
     }
 
     /// Counters summed over CPUs.
@@ -207,10 +241,21 @@ impl Stats {
                 })
             })
             .collect();
+        let levels: Vec<Value> = self
+            .levels
+            .iter()
+            .map(|(slot, p)| {
+                json!({
+                    "slot": slot, "level": slot_name(*slot), "limit": p.limit,
+                    "active": p.active, "queued": p.queued, "saturated": p.saturated,
+                })
+            })
+            .collect();
         json!({
             "packets": packets_json(&self.total()),
             "per_cpu": self.per_cpu.iter().map(packets_json).collect::<Vec<_>>(),
             "vips": vips,
+            "max_conn": levels,
         })
     }
 
@@ -269,8 +314,89 @@ impl Stats {
                 &mut v.per_cpu.iter().map(|c| c.overflow),
             );
         }
+        if !self.levels.is_empty() {
+            let _ = writeln!(
+                out,
+                "\nmaxConn by level (pool_state){:>12}{:>12}{:>12}{:>12}",
+                "limit", "active", "queued", "saturated"
+            );
+            for (slot, p) in &self.levels {
+                let _ = writeln!(
+                    out,
+                    "  {:<28}{:>12}{:>12}{:>12}{:>12}",
+                    slot_name(*slot),
+                    p.limit,
+                    p.active,
+                    p.queued,
+                    p.saturated
+                );
+            }
+        }
         out
     }
+}
+
+/// `GET /api/status` from a running `lb`'s admin listener.
+///
+/// # Errors
+/// No answer, or not JSON.
+pub fn fetch_status(admin: SocketAddr) -> Result<Value, String> {
+    use std::io::{Read as _, Write as _};
+    let timeout = std::time::Duration::from_secs(5);
+    let mut s = std::net::TcpStream::connect_timeout(&admin, timeout)
+        .map_err(|e| format!("connecting to the admin listener {admin}: {e}"))?;
+    let _ = s.set_read_timeout(Some(timeout));
+    s.write_all(b"GET /api/status HTTP/1.0\r\nHost: lb\r\n\r\n")
+        .map_err(|e| format!("{admin}: {e}"))?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw)
+        .map_err(|e| format!("{admin}: {e}"))?;
+    let text = String::from_utf8_lossy(&raw);
+    let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    serde_json::from_str(body).map_err(|e| format!("{admin}: /api/status is not JSON ({e})"))
+}
+
+/// The proxy's refusals by frontend, level and axis, and each level's
+/// `maxConn` counts by name, from `/api/status`.
+#[must_use]
+pub fn render_limits(status: &Value) -> String {
+    let mut out = String::new();
+    let conns = |c: &Value| {
+        format!(
+            "maxConn {} active {} queued {}",
+            c["limit"], c["active"], c["queued"]
+        )
+    };
+    let _ = writeln!(out, "\nrefusals by frontend, level/axis (admin API)");
+    for f in status["frontends"].as_array().into_iter().flatten() {
+        let _ = writeln!(
+            out,
+            "  frontend {} (pool {}): {}, paced {}",
+            f["name"].as_str().unwrap_or("?"),
+            f["pool"].as_str().unwrap_or("?"),
+            conns(&f["conns"]),
+            f["paced"]
+        );
+        let refused = f["refused"].as_object().filter(|m| !m.is_empty());
+        match refused {
+            None => out.push_str("    no refusals\n"),
+            Some(m) => {
+                for (k, v) in m {
+                    let _ = writeln!(out, "    {k:<30}{v:>12}");
+                }
+            }
+        }
+    }
+    let _ = writeln!(out, "  global: {}", conns(&status["global"]));
+    for p in status["pools"].as_array().into_iter().flatten() {
+        let _ = writeln!(
+            out,
+            "  pool {}: {}",
+            p["name"].as_str().unwrap_or("?"),
+            conns(&p["conns"])
+        );
+    }
+    out
 }
 
 type PacketField = (&'static str, u64, fn(&Counters) -> u64);

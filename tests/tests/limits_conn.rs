@@ -20,9 +20,13 @@ fn backend() -> HttpBackend {
     HttpBackend::start("a", "127.0.0.1:0".parse().expect("addr"), None).expect("backend")
 }
 
-fn start(dir: &ScratchDir, body: &str) -> Lb {
-    let config = format!("[global]\ninstance = \"conn{}\"\n{body}", unique_tag());
+fn start_named(dir: &ScratchDir, instance: &str, body: &str) -> Lb {
+    let config = format!("[global]\ninstance = \"{instance}\"\n{body}");
     Lb::start(None, &dir.join("lb.toml"), &config).expect("lb starts")
+}
+
+fn start(dir: &ScratchDir, body: &str) -> Lb {
+    start_named(dir, &format!("conn{}", unique_tag()), body)
 }
 
 /// A curl on its own thread: the reply and when it came back.
@@ -53,8 +57,10 @@ fn the_pool_queue_serves_waiters_in_order_and_answers_503_when_full_or_after_its
     let dir = ScratchDir::new("lb-conn");
     let b = backend();
     let (port, admin) = (free_addr("127.0.0.1"), free_addr("127.0.0.1"));
-    let mut lb = start(
+    let instance = format!("conn{}", unique_tag());
+    let mut lb = start_named(
         &dir,
+        &instance,
         &format!(
             r#"[xdp]
 mode = "off"
@@ -119,6 +125,22 @@ maxConn = 1
     assert_eq!(b.requests(), 4, "refused requests never reach the backend");
     let conns = pool_conns(admin, "p");
     assert_eq!((&conns["active"], &conns["queued"]), (&0.into(), &0.into()));
+    // `lb stats` names the refusals (here from the admin API: XDP is off).
+    let (code, out, err) = lb_tests::lb::lb_cmd(&[
+        "stats",
+        "--instance",
+        &instance,
+        "--admin",
+        &admin.to_string(),
+    ])
+    .expect("lb stats");
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.lines()
+            .any(|l| l.trim_start().starts_with("pool/maxConn") && l.trim_end().ends_with(" 2")),
+        "{out}"
+    );
+    assert!(out.contains("pool p: maxConn 1 active 0 queued 0"), "{out}");
     let log = lb.log();
     assert!(
         log.contains("refused by pool/maxConn: the pool is at maxConn and its queue is full"),

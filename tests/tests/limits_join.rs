@@ -173,3 +173,90 @@ fn a_joined_process_shares_one_max_conn_with_the_old_one_and_takes_over_when_it_
     assert!(!pins.exists(), "pins removed by the last owner");
     assert!(!xdp_attached(&t.lbns, &t.iface));
 }
+
+#[test]
+fn overflow_rst_refuses_connects_to_a_saturated_pool_in_xdp() {
+    if !have_root("overflow_rst_refuses_connects") {
+        return;
+    }
+    let t = topo();
+    let dir = ScratchDir::new("lb-join");
+    let b = HttpBackend::start(
+        "a",
+        "198.18.0.1:0".parse().expect("addr"),
+        Some(t.lbns.name()),
+    )
+    .expect("backend");
+    let instance = format!("ovf{}", t.tag);
+    let admin = "127.0.0.1:9184";
+    let text = config(&instance, &t.iface, admin, b.addr, "overflow = \"rst\"")
+        .replace("queue = { depth = 5, timeout = \"8s\" }\n", "");
+    let mut lb = Lb::start(Some(&t.lbns), &dir.join("lb.toml"), &text).expect("lb");
+    // A veth delivers what XDP sends back (XDP_TX) only to a peer that runs
+    // XDP itself (a NIC needs nothing of the kind): an empty program there.
+    let peer = format!("vc{}", t.tag);
+    let _peer_xdp = lb_tests::netns::run_in(t.client.name(), move || {
+        let mut p = lb::xdp::DataPlane::load()?;
+        p.attach_program(
+            lb_common::programs::XDP_EMPTY,
+            &peer,
+            lb::config::XdpMode::Driver,
+        )?;
+        Ok(p)
+    })
+    .expect("an XDP program on the client's veth");
+    let connect = |ns: &str| {
+        lb_tests::netns::run_in(ns, || {
+            let t0 = Instant::now();
+            let r = std::net::TcpStream::connect_timeout(
+                &VIP.parse().expect("vip"),
+                Duration::from_secs(3),
+            );
+            Ok((r.map(drop).map_err(|e| e.kind()), t0.elapsed()))
+        })
+        .expect("in the client namespace")
+    };
+    assert!(
+        connect(t.client.name()).0.is_ok(),
+        "not saturated: connects"
+    );
+    // The pool's one slot taken and no queue: saturated.
+    let held = curl_later(t.client.name().to_owned(), "/slow?ms=2000");
+    wait_for("saturation", || pool_conns(&t.lbns, admin) == (1, 0));
+    let (refused, took) = connect(t.client.name());
+    assert_eq!(
+        refused,
+        Err(std::io::ErrorKind::ConnectionRefused),
+        "a RST from XDP"
+    );
+    assert!(
+        took < Duration::from_millis(900),
+        "at once, not a SYN retry: {took:?}"
+    );
+    // `lb stats` shows the pool's counts from the pinned map, saturated.
+    let (code, out, err) =
+        lb_tests::lb::lb_cmd(&["stats", "--instance", &instance]).expect("lb stats");
+    assert_eq!(code, 0, "{err}");
+    let pool_line: Vec<&str> = out
+        .lines()
+        .find(|l| l.trim_start().starts_with("pool #0"))
+        .map(|l| l.split_whitespace().skip(2).collect())
+        .unwrap_or_default();
+    assert_eq!(
+        pool_line,
+        ["1", "1", "0", "1"],
+        "limit active queued saturated:\n{out}"
+    );
+    assert_eq!(held.join().expect("held").0.status, 200);
+    wait_for("the slot back", || pool_conns(&t.lbns, admin) == (0, 0));
+    assert!(connect(t.client.name()).0.is_ok(), "connects again");
+    let (code, out, err) =
+        lb_tests::lb::lb_cmd(&["stats", "--instance", &instance, "--json"]).expect("lb stats");
+    assert_eq!(code, 0, "{err}");
+    let stats: serde_json::Value = serde_json::from_str(&out).expect("json");
+    assert!(
+        stats.to_string().contains("\"overflow\":1"),
+        "one SYN refused by overflow: {stats}"
+    );
+    assert_eq!(lb.stop(libc::SIGTERM).expect("exit"), Some(0));
+}

@@ -298,6 +298,12 @@ impl ConnLimit {
     /// after waiting the queue's timeout.
     pub async fn acquire(self: &Arc<Self>) -> Result<Permit, Refused> {
         if self.local_queued.load(Relaxed) == 0 && self.try_inc() {
+            // The slot that fills the level may saturate it (no queue).
+            let c = self.counts();
+            let limit = c.limit.load(Relaxed);
+            if limit != 0 && c.active.load(Relaxed) >= limit {
+                self.update_saturated();
+            }
             return Ok(Permit(Arc::clone(self)));
         }
         let (id, rx) = {
@@ -471,7 +477,11 @@ mod tests {
     #[tokio::test]
     async fn no_queue_means_refused_at_once_and_zero_means_unlimited() {
         let l = limit(1, 0, 0);
-        let _a = l.acquire().await.expect("first");
+        let a = l.acquire().await.expect("first");
+        assert_eq!(l.counts().saturated.load(Relaxed), 1, "full, no queue");
+        drop(a);
+        assert_eq!(l.counts().saturated.load(Relaxed), 0);
+        let _a = l.acquire().await.expect("again");
         assert_eq!(l.acquire().await.err(), Some(Refused::Full));
         l.set(0, 0, Duration::ZERO);
         let _b = l.acquire().await.expect("off");
