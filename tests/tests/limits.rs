@@ -1,7 +1,20 @@
-//! Limit profiles as the daemon reads them. (The enforcement of each axis
-//! comes with its own tests as it lands.)
+//! Limit profiles as the daemon reads them, `maxBufferSize` at each level,
+//! and `rateLimitSessions` (accept pacing) at each level. The other axes
+//! have their own files: `limits_conn` (maxConn, the queue, maxRetries),
+//! `limits_sess` (maxSessRate), `limits_live` (live changes), `limits_join`
+//! (shared accounting, overflow), `limits_xdp` (maxConnRate).
 
 use lb_tests::{client::free_addr, lb::Lb, unique_tag, ScratchDir};
+
+/// The rate tests measure against the clock: one at a time, so neither
+/// starves the other of the two CPUs.
+static RATE_TESTS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn one_rate_test_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    RATE_TESTS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
 
 #[test]
 fn the_daemon_logs_once_each_axis_a_profile_disables_with_its_pools() {
@@ -59,7 +72,8 @@ fn a_request_head_over_max_buffer_size_gets_431_counted_by_level_and_axis() {
     };
     let dir = ScratchDir::new("lb-limits");
     let b = HttpBackend::start("a", "127.0.0.1:0".parse().expect("addr"), None).expect("backend");
-    let (p1, p2, admin) = (
+    let (p1, p2, p3, admin) = (
+        free_addr("127.0.0.1"),
         free_addr("127.0.0.1"),
         free_addr("127.0.0.1"),
         free_addr("127.0.0.1"),
@@ -67,10 +81,16 @@ fn a_request_head_over_max_buffer_size_gets_431_counted_by_level_and_axis() {
     let config = format!(
         r#"[global]
 instance = "lim{tag}"
+[global.limits]
+maxBufferSize = "32KB"
 [xdp]
 mode = "off"
 [admin]
 listen = "{admin}"
+[[frontend]]
+name = "by-global"
+listen = "{p3}"
+pool = "big"
 [[frontend]]
 name = "by-profile"
 listen = "{p1}"
@@ -96,11 +116,15 @@ maxBufferSize = "16KB"
     );
     let mut lb = Lb::start(None, &dir.join("lb.toml"), &config).expect("lb starts");
     let header = |kb: usize| format!("x-big: {}", "a".repeat(kb * 1024));
-    for (name, port, level) in [("by-profile", p1, "pool"), ("by-frontend", p2, "frontend")] {
+    for (name, port, level, fits, over) in [
+        ("by-profile", p1, "pool", 8, 20),
+        ("by-frontend", p2, "frontend", 8, 20),
+        ("by-global", p3, "global", 20, 40),
+    ] {
         let url = format!("http://{port}/");
-        let ok = curl(&url, &["-H", &header(8)]).expect("curl");
-        assert_eq!(ok.status, 200, "an 8 KiB header fits in 16 KiB");
-        let refused = curl(&url, &["-H", &header(20)]).expect("curl");
+        let ok = curl(&url, &["-H", &header(fits)]).expect("curl");
+        assert_eq!(ok.status, 200, "{name}: {fits} KiB fits");
+        let refused = curl(&url, &["-H", &header(over)]).expect("curl");
         assert_eq!(refused.status, 431, "{refused:?}");
         let f = frontend_in(&status(admin).expect("status"), name);
         assert_eq!(f["refused"][format!("{level}/maxBufferSize")], 1, "{f}");
@@ -112,7 +136,7 @@ maxBufferSize = "16KB"
         "{log}"
     );
     assert!(log.contains("refused by frontend/maxBufferSize"), "{log}");
-    assert_eq!(b.requests(), 2, "refused heads never reach the backend");
+    assert_eq!(b.requests(), 3, "refused heads never reach the backend");
     assert_eq!(lb.stop(libc::SIGTERM).expect("exit"), Some(0));
 }
 
@@ -147,6 +171,7 @@ fn connection_storm(addr: std::net::SocketAddr, threads: usize, until: std::time
 
 #[test]
 fn rate_limit_sessions_paces_accepts_within_five_percent_at_200_and_2000_per_second() {
+    let _one = one_rate_test_at_a_time();
     use lb_tests::{
         backend::HttpBackend,
         client::{frontend_in, status},
@@ -220,6 +245,78 @@ rateLimitSessions = 200
                 .is_none_or(serde_json::Map::is_empty),
             "{f}"
         );
+    }
+    assert_eq!(lb.stop(libc::SIGTERM).expect("exit"), Some(0));
+}
+
+#[test]
+fn rate_limit_sessions_at_the_global_level_paces_every_frontend_together() {
+    let _one = one_rate_test_at_a_time();
+    use lb_tests::{
+        backend::HttpBackend,
+        client::{frontend_in, status},
+    };
+    use std::time::{Duration, Instant};
+    let dir = ScratchDir::new("lb-limits");
+    let b = HttpBackend::start("a", "127.0.0.1:0".parse().expect("addr"), None).expect("backend");
+    let (p1, p2, admin) = (
+        free_addr("127.0.0.1"),
+        free_addr("127.0.0.1"),
+        free_addr("127.0.0.1"),
+    );
+    let config = format!(
+        r#"[global]
+instance = "lim{tag}"
+[global.limits]
+rateLimitSessions = 200
+[xdp]
+mode = "off"
+[admin]
+listen = "{admin}"
+[[frontend]]
+name = "one"
+listen = "{p1}"
+pool = "p"
+[[frontend]]
+name = "two"
+listen = "{p2}"
+pool = "p"
+[[pool]]
+name = "p"
+backends = ["{backend}"]
+"#,
+        backend = b.addr,
+        tag = unique_tag()
+    );
+    let mut lb = Lb::start(None, &dir.join("lb.toml"), &config).expect("lb starts");
+    let accepted = || -> u64 {
+        let s = status(admin).expect("status");
+        ["one", "two"]
+            .iter()
+            .map(|n| frontend_in(&s, n)["accepted"].as_u64().expect("accepted"))
+            .sum()
+    };
+    let until = Instant::now() + Duration::from_secs(7);
+    let storms: Vec<_> = [p1, p2]
+        .into_iter()
+        .map(|port| std::thread::spawn(move || connection_storm(port, 6, until)))
+        .collect();
+    std::thread::sleep(Duration::from_secs(1));
+    let (a0, t0) = (accepted(), Instant::now());
+    std::thread::sleep(Duration::from_secs(5));
+    let (a1, t1) = (accepted(), Instant::now());
+    for s in storms {
+        assert!(s.join().expect("storm") > 0, "clients were served");
+    }
+    let measured = (a1 - a0) as f64 / (t1 - t0).as_secs_f64();
+    eprintln!("both frontends: {measured:.1} accepts/s against global rateLimitSessions = 200");
+    assert!(
+        (measured - 200.0).abs() <= 10.0,
+        "{measured:.0} accepts/s for both frontends together, configured 200"
+    );
+    let s = status(admin).expect("status");
+    for n in ["one", "two"] {
+        assert!(frontend_in(&s, n)["paced"].as_u64() > Some(0), "{n} paced");
     }
     assert_eq!(lb.stop(libc::SIGTERM).expect("exit"), Some(0));
 }

@@ -138,6 +138,24 @@ fn a_joined_process_shares_one_max_conn_with_the_old_one_and_takes_over_when_it_
         (1, 0),
         "one count, two processes"
     );
+    // The count is in the pinned map, with field names for bpftool (not
+    // saturated: the queue has room).
+    let dump = std::process::Command::new("bpftool")
+        .args(["-j", "map", "dump", "pinned"])
+        .arg(format!("/sys/fs/bpf/lb/{instance}/pool_state"))
+        .output()
+        .expect("bpftool");
+    let dump: serde_json::Value = serde_json::from_slice(&dump.stdout).expect("bpftool JSON");
+    let pool = dump
+        .as_array()
+        .and_then(|a| a.iter().find(|e| e["formatted"]["key"] == 257))
+        .map(|e| e["formatted"]["value"].clone())
+        .unwrap_or_default();
+    assert_eq!(
+        pool,
+        serde_json::json!({"active": 1, "queued": 0, "limit": 1, "saturated": 0}),
+        "pool_state slot 257 (the first pool)"
+    );
 
     // The old process stops accepting and drains; new connections reach the
     // new one, which must wait for the old one's slot.

@@ -480,6 +480,39 @@ maxConn = 1
     );
     assert_eq!(slow.join().expect("slow").status, 200, "not cut");
 
+    // Lowered under what is in flight: those finish, new ones are refused
+    // until the count is under the new limit.
+    let slow: Vec<_> = (0..2)
+        .map(|_| {
+            let url = format!("http://{f1}/slow?ms=1500");
+            thread::spawn(move || curl(&url, &["--max-time", "10"]).expect("curl"))
+        })
+        .collect();
+    assert!(
+        wait_for(Duration::from_secs(3), || pool_conns(
+            admin, "held", "active"
+        ) == 2),
+        "the slow requests never took their slots"
+    );
+    let p = put(admin, "one", r#"{"maxConn": 1}"#, &[]);
+    assert_eq!(p.status, 200, "{p:?}");
+    let r = curl(&format!("http://{f1}/"), &["--max-time", "10"]).expect("curl");
+    assert_eq!(r.status, 503, "2 in flight, limit 1: {r:?}");
+    assert!(
+        slow.iter().all(|s| !s.is_finished()),
+        "the check proves nothing"
+    );
+    for s in slow {
+        assert_eq!(
+            s.join().expect("slow").status,
+            200,
+            "not cut by the lower limit"
+        );
+    }
+    assert_eq!(pool_conns(admin, "held", "active"), 0);
+    let r = curl(&format!("http://{f1}/"), &["--max-time", "10"]).expect("curl");
+    assert_eq!(r.status, 200, "under the new limit again: {r:?}");
+
     // A queue: the waiter gets in as soon as the limit is raised, not when
     // the slow request gives its slot back (3 s).
     let slow_url = format!("http://{f2}/slow?ms=3000");
