@@ -173,7 +173,8 @@ const _: () = assert!(core::mem::size_of::<VipValue>() == 16);
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RateBucket {
     /// Theoretical arrival time (ns, `bpf_ktime_get_ns` clock). Only the XDP
-    /// program moves it; userspace resets it to 0 (full) when it writes limits.
+    /// program moves it; a new map starts at 0 (full), and userspace keeps it
+    /// when it changes the limits (no fresh burst on a live change).
     pub tat_ns: u64,
     /// Nanoseconds per token (1e9 / rate); 0 disables this level.
     pub interval_ns: u64,

@@ -240,7 +240,8 @@ impl DataPlane {
         })
     }
 
-    /// Writes a plan into the maps: config, buckets, then VIPs (so no VIP
+    /// Writes a plan into the maps: config, buckets (only those whose
+    /// limits changed), then VIPs (so no VIP
     /// points at a bucket not yet written).
     ///
     /// # Errors
@@ -266,7 +267,19 @@ impl DataPlane {
             )
             .map_err(map_err(maps::BUCKETS))?;
             for (idx, b) in &plan.buckets {
-                buckets.set(*idx, b, 0).map_err(map_err(maps::BUCKETS))?;
+                // A live change rewrites only the buckets whose limits
+                // changed, and keeps what was spent: no level gets a fresh
+                // burst because another one changed.
+                let old = buckets.get(idx, 0).map_err(map_err(maps::BUCKETS))?;
+                let same =
+                    (old.interval_ns, old.tau_ns, old.batch) == (b.interval_ns, b.tau_ns, b.batch);
+                if !same {
+                    let next = RateBucket {
+                        tat_ns: old.tat_ns,
+                        ..*b
+                    };
+                    buckets.set(*idx, next, 0).map_err(map_err(maps::BUCKETS))?;
+                }
             }
         }
         let mut vips: HashMap<&mut MapData, VipKey, VipValue> = HashMap::try_from(
