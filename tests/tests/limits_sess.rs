@@ -35,20 +35,12 @@ fn serial() -> MutexGuard<'static, ()> {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// A unique instance name. `lb` keeps the instance's session key file in
-/// its run directory after it exits (for the next process of the instance);
-/// this removes it when dropped.
+/// A unique instance name.
 struct Instance(String);
 
 impl Instance {
     fn new() -> Self {
         Self(format!("ses{}", unique_tag()))
-    }
-}
-
-impl Drop for Instance {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(lb::instance::session_key_path(&self.0));
     }
 }
 
@@ -328,6 +320,11 @@ backends = ["{backend}"]
         lb.log()
     );
     assert_eq!(lb.stop(libc::SIGTERM).expect("exit"), Some(0));
+    // Session cookies end with the instance: its key file is gone.
+    assert!(
+        !lb::instance::session_key_path(&inst.0).exists(),
+        "the session key outlived the instance"
+    );
 }
 
 /// What a [`paced_load`] got back.

@@ -4,7 +4,8 @@
 //! The MAC is a keyed SipHash of the expiry, so a client cannot forge or
 //! extend one; a cookie past its expiry is a new session again. The key
 //! lives in the instance's run directory, so a `--join`ed process accepts
-//! the cookies of the one it replaces.
+//! the cookies of the one it replaces; the instance's owner removes it when
+//! it stops (cookies do not outlive the instance).
 
 use std::{
     hash::Hasher as _,
