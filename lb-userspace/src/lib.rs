@@ -13,6 +13,7 @@
 //! - [`control`]: live changes to the limits (admin API, SIGHUP);
 //! - [`pool`]: backend pools, balancing, stickiness, health checks;
 //! - [`proxy`]: per-CPU workers proxying HTTP and TCP to the pools;
+//! - [`tls`]: TLS termination: certificates, SNI, tickets, session cache;
 //! - [`admin`]: the admin listener (`/api/status`, `/api/profiles`);
 //! - [`run`]: `lb run`, tying the above together until a signal.
 
@@ -25,4 +26,5 @@ pub mod pool;
 pub mod proxy;
 pub mod run;
 pub mod stats;
+pub mod tls;
 pub mod xdp;

@@ -1,4 +1,5 @@
-//! The `lb` command line: `run`, `check`, `stats`.
+//! The `lb` command line: `run`, `check`, `stats`, `cert gen`,
+//! `tls rotate-keys`.
 
 use std::{path::PathBuf, process::ExitCode};
 
@@ -48,11 +49,49 @@ enum Cmd {
         #[arg(long)]
         admin: Option<std::net::SocketAddr>,
     },
+    /// Certificates.
+    Cert {
+        #[command(subcommand)]
+        cmd: CertCmd,
+    },
+    /// TLS ticket keys.
+    Tls {
+        #[command(subcommand)]
+        cmd: TlsCmd,
+    },
     /// Internal: removes an instance's pins when its `lb` exits.
     #[command(name = "__janitor", hide = true)]
     Janitor {
         #[arg(long)]
         instance: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum CertCmd {
+    /// Write a self-signed ECDSA P-256 certificate for NAME (and *.NAME)
+    /// to DIR/NAME.pem, and its key to DIR/NAME.key (mode 0600).
+    Gen {
+        /// The DNS name.
+        #[arg(long)]
+        name: String,
+        /// Where to write.
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum TlsCmd {
+    /// Put a fresh random key first in a ticket key file (creating it, mode
+    /// 0600): it encrypts from now on, the previous keys still decrypt. A
+    /// running `lb` picks the file up within a second or two.
+    RotateKeys {
+        /// The ticket key file (`tlsOptions.ticketKeys`).
+        file: PathBuf,
+        /// Keys kept in all, the new one included.
+        #[arg(long, default_value_t = 3)]
+        keep: usize,
     },
 }
 
@@ -107,6 +146,33 @@ fn main() -> ExitCode {
             json,
             admin,
         } => stats(&instance, per_cpu, json, admin),
+        Cmd::Cert {
+            cmd: CertCmd::Gen { name, dir },
+        } => match lb::tls::certs::generate(&name, &dir) {
+            Ok((cert, key)) => {
+                println!("{}\n{}", cert.display(), key.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("lb cert gen: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Cmd::Tls {
+            cmd: TlsCmd::RotateKeys { file, keep },
+        } => match lb::tls::tickets::rotate(&file, keep) {
+            Ok(()) => {
+                println!(
+                    "{}: a new key encrypts; {keep} kept at most",
+                    file.display()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("lb tls rotate-keys: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Cmd::Janitor { instance: name } => {
             instance::run_janitor(&name);
             ExitCode::SUCCESS

@@ -164,6 +164,9 @@ pub fn run(cfg: &Config, join: bool) -> Result<()> {
         Err(e) => return Err(e.into()),
     };
     let joined = lock.is_none();
+    // Certificates and ticket keys first: a bad file refuses to start with
+    // nothing attached.
+    let tls = crate::tls::build_all(cfg)?;
     let lock = Arc::new(Mutex::new(lock));
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -201,7 +204,7 @@ pub fn run(cfg: &Config, join: bool) -> Result<()> {
             Sessions::random()
         }
     };
-    let proxy = match Proxy::start(cfg, Arc::clone(&live), sessions) {
+    let proxy = match Proxy::start(cfg, Arc::clone(&live), sessions, tls) {
         Ok(p) => p,
         Err(e) => {
             stop_xdp(started)?;

@@ -10,6 +10,7 @@
 
 mod error;
 mod pool;
+pub mod tls;
 pub mod values;
 
 use std::{
@@ -26,6 +27,7 @@ use error::{Seg, Source};
 pub use pool::{
     Algorithm, BackendProtocol, BackendSpec, Health, HealthKind, Pool, PoolTimeouts, Queue, Sticky,
 };
+pub use tls::{Gate, SniCert, Tls, TlsOptions, TlsVersion, UnknownSni};
 use values::{ConfigDuration, Listen, Ranged, RangedSize};
 
 /// Upper bound of every per-second rate axis. The XDP buckets keep time in
@@ -236,16 +238,6 @@ pub enum Mode {
     Tcp,
 }
 
-/// `tls = { cert, key }` of a frontend.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Tls {
-    /// PEM certificate chain.
-    pub cert: PathBuf,
-    /// PEM private key.
-    pub key: PathBuf,
-}
-
 /// `[[frontend]]`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
@@ -260,9 +252,9 @@ pub struct Frontend {
     /// Terminate TLS with this certificate; absent: plain.
     #[serde(default)]
     pub tls: Option<Tls>,
-    /// TLS details (tickets, cache, handshake gate, SNI).
+    /// TLS details (tickets, cache, handshake gate, SNI, versions).
     #[serde(default)]
-    pub tls_options: Option<toml::Table>,
+    pub tls_options: Option<TlsOptions>,
     /// The pool it forwards to (a `[[pool]]` name).
     pub pool: String,
     /// Limits for this frontend; an absent axis is not limited here.
@@ -463,6 +455,7 @@ impl Config {
                     ),
                 );
             }
+            self.validate_tls(i, f, &mut problem);
             if !self.pool.iter().any(|p| p.name == f.pool) {
                 problem(
                     &at("pool"),
@@ -529,6 +522,86 @@ impl Config {
 
 impl Config {
     /// What one pool needs checked beyond its own types.
+    fn validate_tls(
+        &self,
+        i: usize,
+        f: &Frontend,
+        problem: &mut impl FnMut(&[Seg<'_>], String, String),
+    ) {
+        let Some(o) = &f.tls_options else {
+            return;
+        };
+        let at = |k| {
+            [
+                Seg::Key("frontend"),
+                Seg::Index(i),
+                Seg::Key("tlsOptions"),
+                Seg::Key(k),
+            ]
+        };
+        if f.tls.is_none() {
+            problem(
+                &[Seg::Key("frontend"), Seg::Index(i), Seg::Key("tlsOptions")],
+                format!("frontend[{i}].tlsOptions"),
+                "set, but the frontend has no `tls = { cert, key }`: add it, or remove tlsOptions"
+                    .into(),
+            );
+        }
+        for (j, s) in o.sni.iter().enumerate() {
+            if !tls::valid_sni_pattern(&s.name) {
+                problem(
+                    &at("sni"),
+                    format!("frontend[{i}].tlsOptions.sni[{j}].name"),
+                    format!(
+                        "`{}` is not allowed; use a DNS name (letters, digits, `-`, `.`) or \
+                         `*.` and one",
+                        s.name
+                    ),
+                );
+            }
+        }
+        let life = o.session_cache.lifetime.0;
+        if life < Duration::from_secs(1) || life > Duration::from_secs(7 * 24 * 3600) {
+            problem(
+                &at("sessionCache"),
+                format!("frontend[{i}].tlsOptions.sessionCache.lifetime"),
+                format!(
+                    "{life:?} is not allowed; allowed: 1s to 7d (it is also the ticket lifetime)"
+                ),
+            );
+        }
+        if o.versions.is_empty() {
+            problem(
+                &at("versions"),
+                format!("frontend[{i}].tlsOptions.versions"),
+                "empty; allowed: \"1.2\", \"1.3\" or both".into(),
+            );
+        }
+        let known = tls::known_suites();
+        for name in o.cipher_suites.iter().flatten() {
+            if !known.contains(name) {
+                problem(
+                    &at("cipherSuites"),
+                    format!("frontend[{i}].tlsOptions.cipherSuites"),
+                    format!(
+                        "unknown cipher suite `{name}`; allowed: {}",
+                        known.join(", ")
+                    ),
+                );
+            }
+        }
+        let groups = tls::known_groups();
+        for name in o.groups.iter().flatten() {
+            if !groups.contains(name) {
+                problem(
+                    &at("groups"),
+                    format!("frontend[{i}].tlsOptions.groups"),
+                    format!("unknown group `{name}`; allowed: {}", groups.join(", ")),
+                );
+            }
+        }
+    }
+
     fn validate_pool(
         &self,
         i: usize,

@@ -39,17 +39,23 @@ pub struct Scope {
     pub accept: RateGate,
     /// `maxSessRate`.
     pub sessions: RateGate,
+    /// `maxSslConn`: concurrent TLS connections (this process).
+    pub ssl_conns: Arc<ConnLimit>,
+    /// `maxSslRate`: full TLS handshakes per second.
+    pub ssl_rate: RateGate,
 }
 
 impl Scope {
-    fn new(level: Level, table: &Arc<Table>, index: usize) -> Self {
+    fn new(level: Level, tables: &[Arc<Table>; 2], index: usize) -> Self {
         Self {
             level,
             values: Default::default(),
             retries_named: AtomicU64::new(0),
-            conns: Arc::new(ConnLimit::new(Arc::clone(table), index, level)),
+            conns: Arc::new(ConnLimit::new(Arc::clone(&tables[0]), index, level)),
             accept: RateGate::new(0),
             sessions: RateGate::new(0),
+            ssl_conns: Arc::new(ConnLimit::new(Arc::clone(&tables[1]), index, level)),
+            ssl_rate: RateGate::new(0),
         }
     }
 
@@ -76,6 +82,9 @@ impl Scope {
         );
         self.accept.set_rate(self.get(Axis::RateLimitSessions));
         self.sessions.set_rate(self.get(Axis::MaxSessRate));
+        self.ssl_rate.set_rate(self.get(Axis::MaxSslRate));
+        self.ssl_conns
+            .set(self.get(Axis::MaxSslConn), 0, Duration::ZERO);
         self.conns.set(self.get(Axis::MaxConn), queue.0, queue.1);
     }
 
@@ -115,13 +124,18 @@ impl Live {
                 .and_then(f)
                 .map_or(usize::MAX, |s| s as usize)
         };
+        // maxConn counts in `table`; maxSslConn's in this process alone.
+        let tables = [
+            Arc::clone(&table),
+            Arc::new(Table::heap(lb_common::MAX_BUCKETS as usize)),
+        ];
         let live = Self {
-            global: Scope::new(Level::Global, &table, bucket::GLOBAL as usize),
+            global: Scope::new(Level::Global, &tables, bucket::GLOBAL as usize),
             frontends: (0..cfg.frontend.len())
-                .map(|i| Scope::new(Level::Frontend, &table, slot(i, bucket::frontend)))
+                .map(|i| Scope::new(Level::Frontend, &tables, slot(i, bucket::frontend)))
                 .collect(),
             pools: (0..cfg.pool.len())
-                .map(|i| Scope::new(Level::Pool, &table, slot(i, bucket::pool)))
+                .map(|i| Scope::new(Level::Pool, &tables, slot(i, bucket::pool)))
                 .collect(),
             frontend_pool: cfg
                 .frontend

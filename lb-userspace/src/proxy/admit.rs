@@ -50,6 +50,28 @@ pub async fn connection(ctx: &FrontendCtx) -> Result<ConnPermits, Refusal> {
     Ok(ConnPermits(held))
 }
 
+/// Takes a `maxSslConn` slot at every level (TLS frontends).
+///
+/// # Errors
+/// The first level at its `maxSslConn`.
+pub async fn ssl_connection(ctx: &FrontendCtx) -> Result<ConnPermits, Refusal> {
+    let mut held = Vec::with_capacity(3);
+    for scope in ctx.shared.live.levels(ctx.index) {
+        match scope.ssl_conns.acquire().await {
+            Ok(p) => held.push(p),
+            Err(_) => {
+                return Err(refuse(
+                    ctx,
+                    scope.level,
+                    Axis::MaxSslConn,
+                    "too many TLS connections (fatal alert)",
+                ))
+            }
+        }
+    }
+    Ok(ConnPermits(held))
+}
+
 /// Counts a new session against `maxSessRate` at every level.
 ///
 /// # Errors

@@ -45,6 +45,62 @@ pub struct FrontendCounters {
     pub refused: [[AtomicU64; 9]; 3],
     /// Accepts that waited for `rateLimitSessions` (paced, not refused).
     pub paced: AtomicU64,
+    /// TLS handshakes (frontends with `tls`).
+    pub tls: TlsCounters,
+}
+
+/// TLS handshakes of one frontend on one worker (one CPU).
+#[derive(Debug, Default)]
+pub struct TlsCounters {
+    /// Full handshakes completed.
+    pub full: AtomicU64,
+    /// Resumed TLS 1.2 handshakes (session id or ticket).
+    pub resumed_tls12: AtomicU64,
+    /// Resumed TLS 1.3 handshakes (ticket).
+    pub resumed_tls13: AtomicU64,
+    /// Handshakes that failed: not TLS, no shared version or suite, an
+    /// unknown SNI with `unknownSni = "alert"`, a client that gave up.
+    pub failed: AtomicU64,
+    /// Handshakes aborted at `handshakeTimeout`.
+    pub timeouts: AtomicU64,
+    /// Refused by the gate (`maxActiveHandshakes` on this CPU).
+    pub gate_refused: AtomicU64,
+    /// Accepts that waited for `maxSslRate`.
+    pub rate_paused: AtomicU64,
+}
+
+/// TLS handshakes summed, as the API shows them.
+#[derive(Debug, Default, Serialize, Clone, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct TlsTotals {
+    /// Full handshakes.
+    pub full: u64,
+    /// Resumed, TLS 1.2.
+    pub resumed_tls12: u64,
+    /// Resumed, TLS 1.3.
+    pub resumed_tls13: u64,
+    /// Failed.
+    pub failed: u64,
+    /// Timed out.
+    pub timeouts: u64,
+    /// Refused by the per-CPU gate.
+    pub gate_refused: u64,
+    /// Accepts paused by `maxSslRate`.
+    pub rate_paused: u64,
+}
+
+impl TlsTotals {
+    /// Adds one worker's counters.
+    pub fn add(&mut self, c: &TlsCounters) {
+        let r = |a: &AtomicU64| a.load(Relaxed);
+        self.full += r(&c.full);
+        self.resumed_tls12 += r(&c.resumed_tls12);
+        self.resumed_tls13 += r(&c.resumed_tls13);
+        self.failed += r(&c.failed);
+        self.timeouts += r(&c.timeouts);
+        self.gate_refused += r(&c.gate_refused);
+        self.rate_paused += r(&c.rate_paused);
+    }
 }
 
 impl FrontendCounters {
@@ -116,6 +172,8 @@ pub struct FrontendTotals {
     pub refused: std::collections::BTreeMap<String, u64>,
     /// Accepts that waited for `rateLimitSessions`.
     pub paced: u64,
+    /// TLS handshakes.
+    pub tls: TlsTotals,
 }
 
 /// Responses by status class.
@@ -168,6 +226,7 @@ pub fn frontend_totals(workers: &[WorkerCounters], f: usize) -> FrontendTotals {
         t.responses.c5 += r(&c.responses[4]);
         t.retries += r(&c.retries);
         t.paced += r(&c.paced);
+        t.tls.add(&c.tls);
         t.no_backend += r(&c.no_backend);
         t.backend_failed += r(&c.backend_failed);
         t.timeouts.client_idle += r(&c.timeouts[Timeout::ClientIdle as usize]);

@@ -13,7 +13,6 @@
 use std::{
     convert::Infallible,
     net::SocketAddr,
-    os::fd::AsRawFd as _,
     pin::Pin,
     rc::Rc,
     sync::Arc,
@@ -32,7 +31,7 @@ use super::{
     admit::{self, Refusal},
     counters::Timeout,
     h1, headers,
-    io::{ConnState, InFlight, LocalExec, SendStream, Tracked},
+    io::{send_raw, ClientStream, ConnState, InFlight, LocalExec, SendStream, Tracked},
     tries::Tries,
     upstream::{ReqBody, Sender},
     FrontendCtx,
@@ -67,18 +66,21 @@ pub fn builder(buffer: Option<u64>) -> auto::Builder<LocalExec> {
 /// Serves one client connection until it closes, times out, or (after
 /// `stop`) drains.
 pub async fn serve(
-    stream: TcpStream,
+    stream: ClientStream,
     peer: SocketAddr,
     ctx: Rc<FrontendCtx>,
     mut stop: watch::Receiver<bool>,
 ) {
     let state = Rc::new(ConnState::default());
-    let fd = stream.as_raw_fd();
-    let io = TokioIo::new(Tracked::new(SendStream(stream), Rc::clone(&state)));
+    // The socket owned by the connection future below, alive while it is:
+    // a 408 is written straight to it (plain connections only).
+    let fd = stream.plain_fd();
+    let proto = if stream.is_tls() { "https" } else { "http" };
+    let io = TokioIo::new(Tracked::new(stream, Rc::clone(&state)));
     let service = {
         let ctx = Rc::clone(&ctx);
         let state = Rc::clone(&state);
-        let fwd = Rc::new(headers::Forwarding::new(peer.ip(), "http"));
+        let fwd = Rc::new(headers::Forwarding::new(peer.ip(), proto));
         service_fn(move |req| {
             let guard = state.begin();
             handle(req, peer, Rc::clone(&fwd), Rc::clone(&ctx), guard)
@@ -109,7 +111,7 @@ pub async fn serve(
                 Verdict::Fine => {}
                 Verdict::HeaderTimeout => {
                     ctx.counters().timeout(Timeout::HeaderRead);
-                    if !state.h2.get() {
+                    if let (false, Some(fd)) = (state.h2.get(), fd) {
                         ctx.counters().response(408);
                         send_raw(fd, REQUEST_TIMEOUT);
                     }
@@ -186,22 +188,6 @@ const LB_LIMIT: &str = "lb-limit";
 
 const REQUEST_TIMEOUT: &[u8] = b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain\r\n\
 content-length: 44\r\nconnection: close\r\n\r\nlb: the request head did not arrive in time\n";
-
-/// Writes a last answer straight to the socket the hyper connection still
-/// owns, without waiting: used only when that connection is given up.
-fn send_raw(fd: std::os::fd::RawFd, bytes: &[u8]) {
-    // SAFETY: `fd` belongs to the stream inside the connection future, which
-    // is alive (pinned in the caller's frame) for the whole call; send reads
-    // `bytes.len()` bytes from a valid slice.
-    unsafe {
-        libc::send(
-            fd,
-            bytes.as_ptr().cast(),
-            bytes.len(),
-            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
-        );
-    }
-}
 
 /// What the watchdog decided on one tick.
 #[derive(Debug, PartialEq, Eq)]

@@ -10,7 +10,8 @@
 //! - [`worker`]: a worker thread and its accept loops;
 //! - [`http`] / [`tcp`]: the two frontend modes;
 //! - [`tries`]: backend tries and retries, for both modes;
-//! - [`pace`]: accept pacing (`rateLimitSessions`);
+//! - [`pace`]: accept pacing (`rateLimitSessions`, `maxSslRate`);
+//! - [`handshake`]: TLS handshakes, the per-CPU gate, the SSL limits;
 //! - [`admit`]: `maxConn` and `maxSessRate` on connections and requests;
 //! - [`upstream`]: backend connections, per worker;
 //! - [`h1`]: HTTP/1.1 to backends inside the request's task;
@@ -21,6 +22,7 @@
 pub mod admit;
 pub mod counters;
 pub mod h1;
+pub mod handshake;
 pub mod headers;
 pub mod http;
 pub mod io;
@@ -57,6 +59,8 @@ pub struct FrontendInfo {
     pub pool: usize,
     /// Client-side timeouts.
     pub timeouts: FrontendTimeouts,
+    /// TLS, when the frontend terminates it.
+    pub tls: Option<Arc<crate::tls::FrontendTls>>,
 }
 
 /// What every worker shares: read-mostly, counters per worker.
@@ -99,6 +103,8 @@ pub struct FrontendCtx {
     )>,
     /// This worker's refusal log lines.
     pub refusals: counters::RefusalLog,
+    /// This worker's TLS handshakes in flight for the frontend.
+    pub handshakes: Rc<handshake::HandshakeGate>,
 }
 
 impl FrontendCtx {
@@ -152,7 +158,12 @@ impl Proxy {
     ///
     /// # Errors
     /// A frontend's address cannot be bound, or a thread cannot start.
-    pub fn start(cfg: &Config, live: Arc<Live>, sessions: Sessions) -> Result<Self> {
+    pub fn start(
+        cfg: &Config,
+        live: Arc<Live>,
+        sessions: Sessions,
+        tls: Vec<Option<Arc<crate::tls::FrontendTls>>>,
+    ) -> Result<Self> {
         let cpus = listen::allowed_cpus();
         let n = match cfg.global.workers.0 {
             0 => cpus.len().max(1),
@@ -162,12 +173,14 @@ impl Proxy {
         let frontends: Vec<FrontendInfo> = cfg
             .frontend
             .iter()
-            .map(|f| FrontendInfo {
+            .zip(tls.into_iter().chain(std::iter::repeat(None)))
+            .map(|(f, tls)| FrontendInfo {
                 name: f.name.clone(),
                 mode: f.mode,
                 listen: f.listen.0,
                 pool: cfg.pool_index(f).unwrap_or(0),
                 timeouts: f.timeouts,
+                tls,
             })
             .collect();
         // Sockets per frontend, then regrouped per worker.

@@ -9,12 +9,12 @@
 
 use std::{net::SocketAddr, rc::Rc, sync::atomic::Ordering::Relaxed, time::Duration};
 
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::{
     admit,
     counters::Timeout,
-    io::{ConnState, Tracked},
+    io::{ClientStream, ConnState, Tracked},
     tries::Tries,
     upstream, FrontendCtx,
 };
@@ -24,7 +24,7 @@ use crate::{limits::Axis, pool::PickKey};
 const BUFFER: usize = 64 * 1024;
 
 /// Proxies one client connection.
-pub async fn serve(client: TcpStream, peer: SocketAddr, ctx: Rc<FrontendCtx>) {
+pub async fn serve(client: ClientStream, peer: SocketAddr, ctx: Rc<FrontendCtx>) {
     let counters = ctx.counters();
     counters.requests.fetch_add(1, Relaxed);
     let pool = &ctx.pool;
@@ -102,7 +102,7 @@ pub async fn serve(client: TcpStream, peer: SocketAddr, ctx: Rc<FrontendCtx>) {
 /// client sent already is read and dropped (at most 64 KiB, for at most
 /// 200 ms), so the kernel does not answer unread bytes with a reset. The
 /// client sees its connection closed.
-pub async fn close(mut client: TcpStream) {
+pub async fn close<S: AsyncRead + AsyncWrite + Unpin>(mut client: S) {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     let _ = client.shutdown().await;
     let mut buf = [0u8; 4096];

@@ -92,6 +92,7 @@ async fn serve(plan: Plan, shared: Arc<Shared>, mut stop: watch::Receiver<bool>,
             timeouts: fe.timeouts,
             http: RefCell::new((u64::MAX, Rc::new(http::builder(None)))),
             refusals: super::counters::RefusalLog::default(),
+            handshakes: Rc::default(),
         });
         accepting.push(tokio::task::spawn_local(accept_loop(
             listener,
@@ -137,15 +138,21 @@ async fn accept_loop(
     open: Rc<Open>,
 ) {
     let counters = &ctx.shared.workers[ctx.worker];
-    let mode = ctx.shared.frontends[ctx.index].mode;
     let mut last_error_log: Option<std::time::Instant> = None;
     let live = Arc::clone(&ctx.shared.live);
     let gates = live.levels(ctx.index).map(|s| &s.accept);
+    let tls = ctx.info().tls.clone();
+    let ssl_rate = live.levels(ctx.index).map(|s| &s.ssl_rate);
     loop {
         // rateLimitSessions: wait (connections stay in the backlog) until
         // every level's gate allows one more.
         if super::pace::admit(&gates).await {
             ctx.counters().paced.fetch_add(1, Relaxed);
+        }
+        // maxSslRate: no new TLS connection while full handshakes are over
+        // the rate.
+        if tls.is_some() && super::pace::pause_while_spent(&ssl_rate).await {
+            ctx.counters().tls.rate_paused.fetch_add(1, Relaxed);
         }
         let (stream, peer) = match listener.accept().await {
             Ok(x) => x,
@@ -170,15 +177,44 @@ async fn accept_loop(
         let ctx = Rc::clone(&ctx);
         let stop = stop.clone();
         tokio::task::spawn_local(async move {
-            // maxConn at the global and frontend levels: over it, refused.
-            match (super::admit::connection(&ctx).await, mode) {
-                (Ok(_held), Mode::Http) => http::serve(stream, peer, Rc::clone(&ctx), stop).await,
-                (Ok(_held), Mode::Tcp) => tcp::serve(stream, peer, Rc::clone(&ctx)).await,
-                (Err(r), Mode::Http) => http::refuse_connection(stream, &ctx, r).await,
-                (Err(_), Mode::Tcp) => tcp::close(stream).await,
-            }
+            serve_connection(stream, peer, &ctx, stop).await;
             ctx.counters().active.fetch_sub(1, Relaxed);
             drop(guard);
         });
+    }
+}
+
+/// One accepted connection: `maxConn` at the global and frontend levels
+/// (over it: HTTP 503, TCP closed, TLS a fatal alert), the TLS handshake if
+/// the frontend has one, then the frontend's mode.
+async fn serve_connection(
+    stream: tokio::net::TcpStream,
+    peer: std::net::SocketAddr,
+    ctx: &Rc<FrontendCtx>,
+    stop: watch::Receiver<bool>,
+) {
+    use super::io::{ClientStream, SendStream};
+    let mode = ctx.info().mode;
+    let tls = ctx.info().tls.clone();
+    let _held = match (super::admit::connection(ctx).await, &tls, mode) {
+        (Ok(held), _, _) => held,
+        (Err(_), Some(_), _) => {
+            use std::os::fd::AsRawFd as _;
+            super::io::send_raw(stream.as_raw_fd(), super::handshake::ALERT_INTERNAL_ERROR);
+            return;
+        }
+        (Err(r), None, Mode::Http) => return http::refuse_connection(stream, ctx, r).await,
+        (Err(_), None, Mode::Tcp) => return tcp::close(stream).await,
+    };
+    let (client, _tls_held) = match &tls {
+        Some(t) => match super::handshake::run(stream, ctx, t).await {
+            Some((c, held)) => (c, Some(held)),
+            None => return,
+        },
+        None => (ClientStream::Plain(SendStream(stream)), None),
+    };
+    match mode {
+        Mode::Http => http::serve(client, peer, Rc::clone(ctx), stop).await,
+        Mode::Tcp => tcp::serve(client, peer, Rc::clone(ctx)).await,
     }
 }

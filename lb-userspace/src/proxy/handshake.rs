@@ -1,0 +1,164 @@
+//! TLS handshakes of a frontend with `tls`, on one worker.
+//!
+//! In order, each bounded by the frontend's `handshakeTimeout` from accept:
+//! 1. read the ClientHello;
+//! 2. take a `maxSslConn` slot at every level (over: a fatal alert);
+//! 3. pass the worker's handshake gate: at most `maxActiveHandshakes`
+//!    handshakes between ClientHello and Finished on this worker, per
+//!    frontend, as BIG-IP's max active handshakes per TMM; over it a fatal
+//!    alert at once (`gate = "reject"`) or a wait for a slot (`"wait"`);
+//! 4. finish the handshake with the shared rustls configuration (so any
+//!    worker resumes what any other started), count it full or resumed,
+//!    and charge a full one to `maxSslRate` (the accept loop pauses while
+//!    that rate is spent; see [`super::pace`]).
+//!
+//! A refusal is a TLS fatal alert `internal_error` (80) written to the
+//! socket, then close: the client's TLS library reports it, nothing is
+//! silent. Anything that goes wrong ends that connection alone, counted.
+
+use std::{cell::Cell, os::fd::AsRawFd as _, rc::Rc, sync::Arc};
+
+use rustls::HandshakeKind;
+use tokio::{net::TcpStream, sync::Notify, time::Instant};
+use tokio_rustls::LazyConfigAcceptor;
+
+use super::{
+    admit,
+    counters::TlsCounters,
+    io::{send_raw, ClientStream},
+    FrontendCtx,
+};
+use crate::{config::Gate, limits::Axis, tls::FrontendTls};
+
+/// A TLS record: fatal alert `internal_error`.
+pub const ALERT_INTERNAL_ERROR: &[u8] = &[0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x50];
+
+/// One worker's handshakes in flight for one frontend.
+#[derive(Debug, Default)]
+pub struct HandshakeGate {
+    active: Cell<u64>,
+    freed: Notify,
+}
+
+/// A place in the gate, given back on drop.
+#[derive(Debug)]
+pub struct GateSlot(Rc<HandshakeGate>);
+
+impl Drop for GateSlot {
+    fn drop(&mut self) {
+        self.0.active.set(self.0.active.get().saturating_sub(1));
+        self.0.freed.notify_one();
+    }
+}
+
+impl HandshakeGate {
+    /// Handshakes in flight now.
+    #[must_use]
+    pub fn active(&self) -> u64 {
+        self.active.get()
+    }
+
+    /// A place when fewer than `max` are in flight; with `Gate::Wait`,
+    /// waits for one until `deadline`. None: refused.
+    async fn enter(self: &Rc<Self>, max: u64, mode: Gate, deadline: Instant) -> Option<GateSlot> {
+        loop {
+            if self.active.get() < max {
+                self.active.set(self.active.get() + 1);
+                return Some(GateSlot(Rc::clone(self)));
+            }
+            if mode == Gate::Reject {
+                return None;
+            }
+            tokio::time::timeout_at(deadline, self.freed.notified())
+                .await
+                .ok()?;
+        }
+    }
+}
+
+/// What a finished handshake holds until its connection ends.
+#[derive(Debug)]
+pub struct Held(#[allow(dead_code, reason = "held for its Drop")] admit::ConnPermits);
+
+/// Runs the handshake of a freshly accepted connection; None when it was
+/// refused or failed (already counted, the client told).
+pub async fn run(
+    stream: TcpStream,
+    ctx: &FrontendCtx,
+    tls: &FrontendTls,
+) -> Option<(ClientStream, Held)> {
+    let fd = stream.as_raw_fd();
+    let tc = &ctx.counters().tls;
+    let bump = |c: &std::sync::atomic::AtomicU64| {
+        c.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    };
+    let deadline = Instant::now() + tls.handshake_timeout;
+    let hello = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), stream);
+    let start = match tokio::time::timeout_at(deadline, hello).await {
+        Err(_) => {
+            bump(&tc.timeouts);
+            return None;
+        }
+        Ok(Err(e)) => {
+            bump(&tc.failed);
+            tracing::debug!(frontend = %ctx.info().name, error = %e, "not a TLS ClientHello");
+            return None;
+        }
+        Ok(Ok(start)) => start,
+    };
+    let Ok(permits) = admit::ssl_connection(ctx).await else {
+        send_raw(fd, ALERT_INTERNAL_ERROR);
+        return None;
+    };
+    let _slot = match ctx
+        .shared
+        .live
+        .tightest(ctx.index, Axis::MaxActiveHandshakes)
+    {
+        None => None,
+        Some((max, level)) => match ctx.handshakes.enter(max, tls.gate, deadline).await {
+            Some(slot) => Some(slot),
+            None => {
+                bump(&tc.gate_refused);
+                ctx.refused(
+                    level,
+                    Axis::MaxActiveHandshakes,
+                    "too many TLS handshakes in flight on this CPU (fatal alert)",
+                );
+                send_raw(fd, ALERT_INTERNAL_ERROR);
+                return None;
+            }
+        },
+    };
+    let accept = start.into_stream(Arc::clone(&tls.config));
+    let stream = match tokio::time::timeout_at(deadline, accept).await {
+        Err(_) => {
+            bump(&tc.timeouts);
+            return None;
+        }
+        Ok(Err(e)) => {
+            bump(&tc.failed);
+            tracing::debug!(frontend = %ctx.info().name, error = %e, "TLS handshake failed");
+            return None;
+        }
+        Ok(Ok(s)) => s,
+    };
+    count(ctx, tc, stream.get_ref().1);
+    Some((ClientStream::Tls(Box::new(stream)), Held(permits)))
+}
+
+/// Counts a finished handshake; a full one is charged to `maxSslRate`.
+fn count(ctx: &FrontendCtx, tc: &TlsCounters, conn: &rustls::ServerConnection) {
+    use std::sync::atomic::Ordering::Relaxed;
+    if conn.handshake_kind() == Some(HandshakeKind::Resumed) {
+        match conn.protocol_version() {
+            Some(rustls::ProtocolVersion::TLSv1_3) => tc.resumed_tls13.fetch_add(1, Relaxed),
+            _ => tc.resumed_tls12.fetch_add(1, Relaxed),
+        };
+        return;
+    }
+    tc.full.fetch_add(1, Relaxed);
+    for level in ctx.shared.live.levels(ctx.index) {
+        level.ssl_rate.take();
+    }
+}

@@ -1,0 +1,226 @@
+//! Certificates: PEM files loaded into signing keys (each checked against
+//! its certificate), and the SNI resolver that picks one per ClientHello:
+//! an exact name first, then a `*.domain` wildcard (one label), then the
+//! frontend's own certificate or nothing (`unknownSni = "alert"`: rustls
+//! then ends the handshake with a fatal alert).
+
+use std::{collections::HashMap, path::Path, sync::Arc};
+
+use rustls::{
+    server::{ClientHello, ResolvesServerCert},
+    sign::CertifiedKey,
+};
+use rustls_pki_types::{pem::PemObject as _, CertificateDer, PrivateKeyDer};
+
+use super::TlsError;
+
+/// Loads a certificate chain and its private key, and checks they belong
+/// together.
+///
+/// # Errors
+/// A file is missing, unreadable, holds no PEM certificate or key, or the
+/// key is not the certificate's.
+pub fn load(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, TlsError> {
+    let file_err = |path: &Path, what: &str| {
+        let path = path.to_owned();
+        let what = what.to_owned();
+        move |e: rustls_pki_types::pem::Error| TlsError::File {
+            path,
+            what: format!("{what}: {e}"),
+        }
+    };
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .map_err(file_err(cert, "reading a PEM certificate chain"))?
+        .collect::<Result<_, _>>()
+        .map_err(file_err(cert, "reading a PEM certificate chain"))?;
+    if chain.is_empty() {
+        return Err(TlsError::File {
+            path: cert.to_owned(),
+            what: "no `BEGIN CERTIFICATE` block in it".into(),
+        });
+    }
+    let der = PrivateKeyDer::from_pem_file(key).map_err(file_err(
+        key,
+        "reading a PEM private key (PKCS#8, SEC1 or PKCS#1)",
+    ))?;
+    let provider = rustls::crypto::aws_lc_rs::default_provider();
+    let signing = provider
+        .key_provider
+        .load_private_key(der)
+        .map_err(|e| TlsError::File {
+            path: key.to_owned(),
+            what: format!("not a usable private key: {e}"),
+        })?;
+    let ck = CertifiedKey::new(chain, signing);
+    ck.keys_match().map_err(|e| TlsError::Mismatch {
+        cert: cert.to_owned(),
+        key: key.to_owned(),
+        why: e.to_string(),
+    })?;
+    Ok(Arc::new(ck))
+}
+
+/// Picks the certificate for a ClientHello's SNI.
+#[derive(Debug)]
+pub struct SniResolver {
+    /// Exact names, lower case.
+    exact: HashMap<String, Arc<CertifiedKey>>,
+    /// `*.domain` patterns by `domain`, lower case.
+    wildcard: HashMap<String, Arc<CertifiedKey>>,
+    /// For no SNI or no match; None: alert.
+    default: Option<Arc<CertifiedKey>>,
+}
+
+impl SniResolver {
+    /// A resolver over `(pattern, key)` pairs and a default.
+    #[must_use]
+    pub fn new(
+        names: impl IntoIterator<Item = (String, Arc<CertifiedKey>)>,
+        default: Option<Arc<CertifiedKey>>,
+    ) -> Self {
+        let mut exact = HashMap::new();
+        let mut wildcard = HashMap::new();
+        for (name, key) in names {
+            let name = name.to_ascii_lowercase();
+            match name.strip_prefix("*.") {
+                Some(domain) => wildcard.insert(domain.to_owned(), key),
+                None => exact.insert(name, key),
+            };
+        }
+        Self {
+            exact,
+            wildcard,
+            default,
+        }
+    }
+
+    /// The key for a server name (None: no SNI).
+    #[must_use]
+    pub fn pick(&self, sni: Option<&str>) -> Option<Arc<CertifiedKey>> {
+        let Some(name) = sni.map(str::to_ascii_lowercase) else {
+            return self.default.clone();
+        };
+        if let Some(k) = self.exact.get(&name) {
+            return Some(Arc::clone(k));
+        }
+        if let Some((_, domain)) = name.split_once('.') {
+            if let Some(k) = self.wildcard.get(domain) {
+                return Some(Arc::clone(k));
+            }
+        }
+        self.default.clone()
+    }
+}
+
+impl ResolvesServerCert for SniResolver {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        self.pick(hello.server_name())
+    }
+}
+
+/// Writes a self-signed ECDSA P-256 certificate for `name` (and
+/// `*.name`) to `dir/NAME.pem` and its key to `dir/NAME.key` (mode 0600):
+/// `lb cert gen`, for tests and the demo.
+///
+/// # Errors
+/// The name is not a DNS name, or a file cannot be written.
+pub fn generate(
+    name: &str,
+    dir: &Path,
+) -> Result<(std::path::PathBuf, std::path::PathBuf), TlsError> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    if !crate::config::tls::valid_sni_pattern(name) || name.starts_with("*.") {
+        return Err(TlsError::Generate(format!(
+            "`{name}` is not allowed; use a DNS name (letters, digits, `-`, `.`)"
+        )));
+    }
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
+        .map_err(|e| TlsError::Generate(e.to_string()))?;
+    let mut params = rcgen::CertificateParams::new(vec![name.to_owned(), format!("*.{name}")])
+        .map_err(|e| TlsError::Generate(e.to_string()))?;
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, name);
+    let cert = params
+        .self_signed(&key)
+        .map_err(|e| TlsError::Generate(e.to_string()))?;
+    let (cert_path, key_path) = (
+        dir.join(format!("{name}.pem")),
+        dir.join(format!("{name}.key")),
+    );
+    let write = |path: &Path, text: &str, mode: u32| {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(mode)
+            .open(path)
+            .and_then(|mut f| f.write_all(text.as_bytes()))
+            .map_err(|e| TlsError::File {
+                path: path.to_owned(),
+                what: format!("writing: {e}"),
+            })
+    };
+    write(&cert_path, &cert.pem(), 0o644)?;
+    write(&key_path, &key.serialize_pem(), 0o600)?;
+    Ok((cert_path, key_path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pair(dir: &Path, name: &str) -> Arc<CertifiedKey> {
+        let (c, k) = generate(name, dir).expect("generate");
+        load(&c, &k).expect("load")
+    }
+
+    #[test]
+    fn generated_pairs_load_and_a_mismatched_key_is_refused_naming_both_files() {
+        let dir = std::env::temp_dir().join(format!("lb-certs-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let _a = pair(&dir, "a.test");
+        let _b = pair(&dir, "b.test");
+        let err = load(&dir.join("a.test.pem"), &dir.join("b.test.key"))
+            .expect_err("mismatch")
+            .to_string();
+        assert!(
+            err.contains("a.test.pem") && err.contains("b.test.key"),
+            "{err}"
+        );
+        let err = load(&dir.join("none.pem"), &dir.join("b.test.key"))
+            .expect_err("missing")
+            .to_string();
+        assert!(err.contains("none.pem"), "{err}");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn sni_picks_exact_then_wildcard_then_default() {
+        let dir = std::env::temp_dir().join(format!("lb-sni-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let (d, e, w) = (
+            pair(&dir, "d.test"),
+            pair(&dir, "e.test"),
+            pair(&dir, "w.test"),
+        );
+        let r = SniResolver::new(
+            [
+                ("api.e.test".to_owned(), Arc::clone(&e)),
+                ("*.w.test".to_owned(), Arc::clone(&w)),
+            ],
+            Some(Arc::clone(&d)),
+        );
+        let is = |sni: Option<&str>, k: &Arc<CertifiedKey>| {
+            r.pick(sni).is_some_and(|p| Arc::ptr_eq(&p, k))
+        };
+        assert!(is(Some("API.e.test"), &e));
+        assert!(is(Some("x.w.test"), &w));
+        assert!(is(Some("a.b.w.test"), &d), "a wildcard covers one label");
+        assert!(is(None, &d));
+        let strict = SniResolver::new([("api.e.test".to_owned(), e)], None);
+        assert!(strict.pick(Some("other.test")).is_none());
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}

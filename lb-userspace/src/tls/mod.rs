@@ -1,0 +1,181 @@
+//! TLS termination: what a frontend with `tls = { cert, key }` serves.
+//!
+//! [`FrontendTls::build`] reads the frontend's certificates (refusing a
+//! missing, unreadable or mismatched pair by file name), and makes one
+//! rustls `ServerConfig` (aws-lc-rs provider) shared by every worker: so a
+//! session cached or a ticket issued by one worker resumes on any other.
+//! The handshake itself, with its per-CPU gate and the SSL limits, is run by
+//! the proxy (`proxy::handshake`). Modules:
+//! - [`certs`]: PEM loading, the SNI resolver, `lb cert gen`;
+//! - [`tickets`]: ticket keys from a file shared by a farm, rotation;
+//! - [`cache`]: the session cache (TLS 1.2 session ids).
+
+pub mod cache;
+pub mod certs;
+pub mod tickets;
+
+use std::{path::PathBuf, sync::Arc, time::Duration};
+
+use rustls::{crypto::aws_lc_rs as provider, ServerConfig};
+
+use crate::config::{Config, Frontend, Gate, Mode, TlsOptions, TlsVersion, UnknownSni};
+
+/// What keeps a frontend's TLS from starting.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// A certificate or key file is missing, unreadable or not PEM.
+    #[error("{}: {what}", path.display())]
+    File {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        what: String,
+    },
+    /// The key is not the certificate's.
+    #[error("{} and {} do not match: {why}", cert.display(), key.display())]
+    Mismatch {
+        /// The certificate file.
+        cert: PathBuf,
+        /// The key file.
+        key: PathBuf,
+        /// rustls' words.
+        why: String,
+    },
+    /// The ticket key file is refused.
+    #[error(transparent)]
+    Tickets(#[from] tickets::TicketKeyError),
+    /// The versions, suites and groups do not make a usable configuration.
+    #[error("frontend `{frontend}`: tlsOptions: {why}")]
+    Options {
+        /// The frontend.
+        frontend: String,
+        /// rustls' words.
+        why: String,
+    },
+    /// `lb cert gen` failed.
+    #[error("generating a certificate: {0}")]
+    Generate(String),
+}
+
+/// A frontend's TLS, shared by all workers.
+#[derive(Debug)]
+pub struct FrontendTls {
+    /// The rustls configuration.
+    pub config: Arc<ServerConfig>,
+    /// Over `maxActiveHandshakes`: reject or wait.
+    pub gate: Gate,
+    /// A handshake not finished in this is aborted.
+    pub handshake_timeout: Duration,
+    /// The session cache, if on.
+    pub cache: Option<Arc<cache::SessionCache>>,
+    /// The ticket keys from a file, if set.
+    pub tickets: Option<Arc<tickets::FileTicketer>>,
+}
+
+impl FrontendTls {
+    /// The TLS of frontend `f`, or None when it is plain.
+    ///
+    /// # Errors
+    /// A certificate, key or ticket key file is refused, or the options do
+    /// not make a configuration.
+    pub fn build(f: &Frontend) -> Result<Option<Self>, TlsError> {
+        let Some(tls) = &f.tls else {
+            return Ok(None);
+        };
+        let defaults = TlsOptions::default();
+        let o = f.tls_options.as_ref().unwrap_or(&defaults);
+        let own = certs::load(&tls.cert, &tls.key)?;
+        let mut named = Vec::with_capacity(o.sni.len());
+        for s in &o.sni {
+            named.push((s.name.clone(), certs::load(&s.cert, &s.key)?));
+        }
+        let default = (o.unknown_sni == UnknownSni::Default).then_some(own);
+        let resolver = certs::SniResolver::new(named, default);
+
+        let mut p = provider::default_provider();
+        if let Some(names) = &o.cipher_suites {
+            p.cipher_suites = names
+                .iter()
+                .filter_map(|n| {
+                    provider::ALL_CIPHER_SUITES
+                        .iter()
+                        .find(|s| s.suite().as_str() == Some(n.as_str()))
+                        .copied()
+                })
+                .collect();
+        }
+        if let Some(names) = &o.groups {
+            p.kx_groups = names
+                .iter()
+                .filter_map(|n| {
+                    provider::ALL_KX_GROUPS
+                        .iter()
+                        .find(|g| crate::config::tls::group_name(g.name()) == *n)
+                        .copied()
+                })
+                .collect();
+        }
+        let versions: Vec<&'static rustls::SupportedProtocolVersion> = o
+            .versions
+            .iter()
+            .map(|v| match v {
+                TlsVersion::V12 => &rustls::version::TLS12,
+                TlsVersion::V13 => &rustls::version::TLS13,
+            })
+            .collect();
+        let options = |e: rustls::Error| TlsError::Options {
+            frontend: f.name.clone(),
+            why: e.to_string(),
+        };
+        let mut sc = ServerConfig::builder_with_provider(Arc::new(p))
+            .with_protocol_versions(&versions)
+            .map_err(options)?
+            .with_no_client_auth()
+            .with_cert_resolver(Arc::new(resolver));
+        if f.mode == Mode::Http {
+            sc.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        }
+        let lifetime = o.session_cache.lifetime.0;
+        let cache = (o.session_cache.size.0 > 0).then(|| {
+            Arc::new(cache::SessionCache::with_backend(
+                usize::try_from(o.session_cache.size.0).unwrap_or(usize::MAX),
+                lifetime,
+                None,
+            ))
+        });
+        sc.session_storage = match &cache {
+            Some(c) => Arc::clone(c) as Arc<dyn rustls::server::StoresServerSessions>,
+            None => Arc::new(rustls::server::NoServerSessionStorage {}),
+        };
+        let tickets = match &o.ticket_keys {
+            Some(path) => Some(tickets::FileTicketer::new(
+                path,
+                u32::try_from(lifetime.as_secs()).unwrap_or(u32::MAX),
+            )?),
+            None => None,
+        };
+        sc.ticketer = match &tickets {
+            Some(t) => Arc::clone(t) as Arc<dyn rustls::server::ProducesTickets>,
+            None => provider::Ticketer::new().map_err(options)?,
+        };
+        sc.send_tls13_tickets = usize::try_from(o.tickets.0).unwrap_or(2);
+        Ok(Some(Self {
+            config: Arc::new(sc),
+            gate: o.gate,
+            handshake_timeout: o.handshake_timeout.0,
+            cache,
+            tickets,
+        }))
+    }
+}
+
+/// Every frontend's TLS, in config order (None: plain).
+///
+/// # Errors
+/// The first frontend whose TLS is refused.
+pub fn build_all(cfg: &Config) -> Result<Vec<Option<Arc<FrontendTls>>>, TlsError> {
+    cfg.frontend
+        .iter()
+        .map(|f| FrontendTls::build(f).map(|t| t.map(Arc::new)))
+        .collect()
+}

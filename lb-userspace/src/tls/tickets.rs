@@ -1,0 +1,1165 @@
+//! Shared TLS session ticket keys, read from a file and rotated without a
+//! restart.
+//!
+//! A resumed TLS session skips the certificate and key exchange, but only if
+//! the server that receives the ticket can decrypt it. With several workers
+//! per `lb` and several `lb` nodes behind one address, every one of them must
+//! hold the same ticket keys: they come from one file, copied to every node,
+//! and [`FileTicketer`] (a [`rustls::server::ProducesTickets`]) encrypts and
+//! decrypts the tickets of TLS 1.3 and TLS 1.2 with them.
+//!
+//! # File format
+//!
+//! UTF-8 text, one key per line; lines that are blank or whose first
+//! non-blank character is `#` are ignored. A key line is two hex fields
+//! (upper or lower case) separated by spaces or tabs:
+//!
+//! ```text
+//! # NAME (16 bytes, 32 hex digits)  KEY (AES-256-GCM, 32 bytes, 64 hex digits)
+//! 5f0c1d6a0e9b4e2f8a7c3b1d2e4f6a8b 00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff
+//! ```
+//!
+//! The name is sent in the clear at the start of every ticket and tells which
+//! key decrypts it; names must be unique in the file. The FIRST key encrypts
+//! new tickets; every listed key decrypts. A file holds 1 to [`MAX_KEYS`]
+//! keys, and must not be readable or writable by group or others (mode 0600
+//! or 0400): [`load`] refuses it otherwise.
+//!
+//! # Rotation
+//!
+//! [`rotate`] (the command `lb tls rotate-keys FILE`) puts a fresh random key
+//! first and keeps the previous ones, up to `keep` keys in all, writing the
+//! file atomically (a 0600 temp file in the same directory, then a rename);
+//! it creates the file with one key if it does not exist. A running
+//! [`FileTicketer`] notices the new file (inode, size, mtime or ctime changed)
+//! within its check interval (1 s by default), from within `encrypt` and
+//! `decrypt`, and switches to the new keys; a file that then fails to load
+//! keeps the old keys and logs one warning. In a farm, rotate on one node and
+//! copy the file to the others: until a node has the new file, it cannot
+//! decrypt the tickets made with the new key and those clients simply do a
+//! full handshake.
+//!
+//! rustls does not expire tickets by itself: the `lifetime` given to
+//! [`FileTicketer::new`] is only the hint sent to clients, and a ticket stays
+//! usable as long as its key is in the file. With a rotation every `P` and
+//! `keep` keys, a ticket lives at most `keep × P`; choose a lifetime of about
+//! `(keep − 1) × P`.
+//!
+//! # Ticket format
+//!
+//! `name (16) || nonce (12, random) || AES-256-GCM(plaintext) || tag (16)`,
+//! with the name as additional authenticated data. Random 96-bit nonces are
+//! safe for far more tickets than one key encrypts between rotations.
+
+use std::{
+    fmt,
+    fs::{self, File, OpenOptions},
+    io::{self, Read as _, Write as _},
+    os::unix::fs::{MetadataExt as _, OpenOptionsExt as _},
+    path::{Path, PathBuf},
+    sync::{
+        atomic::{AtomicU64, Ordering::Relaxed},
+        Arc, Mutex, PoisonError, RwLock,
+    },
+    time::{Duration, Instant},
+};
+
+use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, NONCE_LEN};
+
+/// Length of a key name, in bytes (32 hex digits in the file).
+pub const NAME_LEN: usize = 16;
+/// Length of an AES-256-GCM key, in bytes (64 hex digits in the file).
+pub const KEY_LEN: usize = 32;
+/// Most keys a file may hold.
+pub const MAX_KEYS: usize = 16;
+/// The number of keys `lb tls rotate-keys` keeps unless told otherwise.
+pub const DEFAULT_KEEP: usize = 3;
+/// How often a [`FileTicketer`] built by [`FileTicketer::new`] looks at the
+/// file.
+pub const DEFAULT_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+/// The longest ticket lifetime TLS 1.3 allows (7 days, RFC 8446 4.6.1).
+pub const MAX_LIFETIME: u32 = 7 * 24 * 60 * 60;
+
+const TAG_LEN: usize = 16;
+const ALLOWED_LINE: &str = "allowed: blank lines, `#` comments, and one key per line as \
+                            `NAME KEY`: 32 hex digits, spaces or tabs, 64 hex digits";
+
+/// Errors reading, checking or writing a ticket key file.
+#[derive(Debug, thiserror::Error)]
+pub enum TicketKeyError {
+    /// The file's permissions let group or others at the keys.
+    #[error(
+        "ticket key file {path} is {access} by group or others (mode {mode:04o}); allowed: \
+         0600 or 0400 (chmod 600 {path})",
+        path = .path.display()
+    )]
+    Permissions {
+        /// The file.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
+        /// "readable", "writable" or "readable and writable".
+        access: &'static str,
+    },
+    /// A line is neither blank, a comment, nor a key.
+    #[error(
+        "ticket key file {path}, line {line}: {reason}; {ALLOWED_LINE}",
+        path = .path.display()
+    )]
+    Malformed {
+        /// The file.
+        path: PathBuf,
+        /// 1-based line number.
+        line: usize,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The file holds no key.
+    #[error(
+        "ticket key file {path} has no key; allowed: 1 to {MAX_KEYS} lines `NAME KEY` \
+         (create the file with `lb tls rotate-keys {path}`)",
+        path = .path.display()
+    )]
+    Empty {
+        /// The file.
+        path: PathBuf,
+    },
+    /// The file holds more than [`MAX_KEYS`] keys.
+    #[error(
+        "ticket key file {path} has {count} keys; allowed: 1 to {MAX_KEYS} (the first \
+         encrypts, all decrypt)",
+        path = .path.display()
+    )]
+    TooMany {
+        /// The file.
+        path: PathBuf,
+        /// Keys found.
+        count: usize,
+    },
+    /// The file is not UTF-8 text.
+    #[error(
+        "ticket key file {path} is not UTF-8 text (line {line}); allowed: `#` comments and \
+         hex keys",
+        path = .path.display()
+    )]
+    NotText {
+        /// The file.
+        path: PathBuf,
+        /// 1-based line of the first invalid byte.
+        line: usize,
+    },
+    /// [`rotate`] was asked to keep no key or too many.
+    #[error("cannot keep {keep} ticket keys in {path}; allowed: 1 to {MAX_KEYS}", path = .path.display())]
+    Keep {
+        /// The file.
+        path: PathBuf,
+        /// The number asked for.
+        keep: usize,
+    },
+    /// The ticket lifetime given to [`FileTicketer`] is out of range.
+    #[error(
+        "ticket lifetime {lifetime} s for {path}; allowed: 1 to {MAX_LIFETIME} s (7 days)",
+        path = .path.display()
+    )]
+    Lifetime {
+        /// The key file.
+        path: PathBuf,
+        /// The lifetime asked for, in seconds.
+        lifetime: u32,
+    },
+    /// The system random generator failed.
+    #[error("cannot draw random bytes for a ticket key for {path}", path = .path.display())]
+    Random {
+        /// The file.
+        path: PathBuf,
+    },
+    /// A filesystem operation failed.
+    #[error("{what} ticket key file {path}: {source}", path = .path.display())]
+    Io {
+        /// What was being done ("read", "write", ...).
+        what: &'static str,
+        /// On what.
+        path: PathBuf,
+        /// The error.
+        source: io::Error,
+    },
+}
+
+fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> TicketKeyError + 'a {
+    move |source| TicketKeyError::Io {
+        what,
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// One key of a [`KeySet`]: its public name and its AES-256-GCM key.
+struct TicketKey {
+    name: [u8; NAME_LEN],
+    secret: [u8; KEY_LEN],
+    aead: LessSafeKey,
+}
+
+impl TicketKey {
+    fn new(name: [u8; NAME_LEN], secret: [u8; KEY_LEN]) -> Option<Self> {
+        let unbound = UnboundKey::new(&AES_256_GCM, &secret).ok()?;
+        Some(Self {
+            name,
+            secret,
+            aead: LessSafeKey::new(unbound),
+        })
+    }
+
+    fn random(path: &Path) -> Result<Self, TicketKeyError> {
+        let random = || TicketKeyError::Random {
+            path: path.to_owned(),
+        };
+        let mut name = [0u8; NAME_LEN];
+        let mut secret = [0u8; KEY_LEN];
+        aws_lc_rs::rand::fill(&mut name).map_err(|_| random())?;
+        aws_lc_rs::rand::fill(&mut secret).map_err(|_| random())?;
+        Self::new(name, secret).ok_or_else(random)
+    }
+}
+
+impl Drop for TicketKey {
+    fn drop(&mut self) {
+        for byte in &mut self.secret {
+            // SAFETY: `byte` is a valid, aligned, exclusive reference; the
+            // volatile write only keeps the compiler from eliding the wipe.
+            unsafe { std::ptr::write_volatile(byte, 0) };
+        }
+    }
+}
+
+/// The keys of one ticket key file, in file order: the first encrypts, all
+/// decrypt. Its `Debug` shows the key names only.
+pub struct KeySet {
+    keys: Vec<TicketKey>,
+}
+
+impl KeySet {
+    /// Number of keys (1 to [`MAX_KEYS`] for a loaded file).
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    /// Whether the set holds no key (never true for a loaded file).
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
+    /// The key names, in file order (the first is the encrypting key).
+    pub fn names(&self) -> impl Iterator<Item = [u8; NAME_LEN]> + '_ {
+        self.keys.iter().map(|k| k.name)
+    }
+
+    fn find(&self, name: &[u8]) -> Option<&TicketKey> {
+        self.keys.iter().find(|k| k.name == name)
+    }
+
+    fn to_text(&self) -> String {
+        let mut out = String::from(
+            "# lb TLS session ticket keys, written by `lb tls rotate-keys`; keep this file \
+             mode 0600.\n# One key per line: NAME (32 hex digits) KEY (AES-256-GCM, 64 hex \
+             digits).\n# The first key encrypts new tickets; every key listed decrypts.\n",
+        );
+        for key in &self.keys {
+            out.push_str(&hex(&key.name));
+            out.push(' ');
+            out.push_str(&hex(&key.secret));
+            out.push('\n');
+        }
+        out
+    }
+}
+
+impl fmt::Debug for KeySet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list()
+            .entries(self.keys.iter().map(|k| hex(&k.name)))
+            .finish()
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        s.push(char::from(DIGITS[usize::from(b >> 4)]));
+        s.push(char::from(DIGITS[usize::from(b & 0xf)]));
+    }
+    s
+}
+
+/// Decodes `field` (exactly `N * 2` hex digits) or says what is wrong with it.
+fn unhex<const N: usize>(field: &str, what: &str) -> Result<[u8; N], String> {
+    if let Some(bad) = field.chars().find(|c| !c.is_ascii_hexdigit()) {
+        return Err(format!("{what} has a non-hex character {bad:?}"));
+    }
+    if field.len() != N * 2 {
+        return Err(format!(
+            "{what} has {} hex digits, expected {}",
+            field.len(),
+            N * 2
+        ));
+    }
+    let mut out = [0u8; N];
+    for (i, byte) in out.iter_mut().enumerate() {
+        let pair = field.get(2 * i..2 * i + 2).unwrap_or_default();
+        *byte =
+            u8::from_str_radix(pair, 16).map_err(|_| format!("{what} has a non-hex character"))?;
+    }
+    Ok(out)
+}
+
+/// Parses the text of a key file (permissions already checked).
+fn parse(path: &Path, bytes: &[u8]) -> Result<KeySet, TicketKeyError> {
+    let text = std::str::from_utf8(bytes).map_err(|e| TicketKeyError::NotText {
+        path: path.to_owned(),
+        line: 1 + bytes[..e.valid_up_to()]
+            .iter()
+            .filter(|&&b| b == b'\n')
+            .count(),
+    })?;
+    let mut keys: Vec<(usize, TicketKey)> = Vec::new();
+    for (index, raw) in text.lines().enumerate() {
+        let line = index + 1;
+        let malformed = |reason: String| TicketKeyError::Malformed {
+            path: path.to_owned(),
+            line,
+            reason,
+        };
+        let content = raw.trim();
+        if content.is_empty() || content.starts_with('#') {
+            continue;
+        }
+        let fields: Vec<&str> = content.split_ascii_whitespace().collect();
+        let [name, secret] = fields[..] else {
+            return Err(malformed(format!(
+                "expected 2 fields (NAME KEY), found {}",
+                fields.len()
+            )));
+        };
+        let name = unhex::<NAME_LEN>(name, "the key name").map_err(malformed)?;
+        let secret = unhex::<KEY_LEN>(secret, "the key").map_err(malformed)?;
+        if let Some((first, _)) = keys.iter().find(|(_, k)| k.name == name) {
+            return Err(malformed(format!(
+                "the key name {} is already used on line {first}",
+                hex(&name)
+            )));
+        }
+        let key = TicketKey::new(name, secret)
+            .ok_or_else(|| malformed("AES-256-GCM refused the key".to_owned()))?;
+        keys.push((line, key));
+    }
+    match keys.len() {
+        0 => Err(TicketKeyError::Empty {
+            path: path.to_owned(),
+        }),
+        count if count > MAX_KEYS => Err(TicketKeyError::TooMany {
+            path: path.to_owned(),
+            count,
+        }),
+        _ => Ok(KeySet {
+            keys: keys.into_iter().map(|(_, k)| k).collect(),
+        }),
+    }
+}
+
+/// What identifies one version of the file: a rename (new inode), a write
+/// (size, mtime) or a chmod (ctime) changes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Fingerprint {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+}
+
+impl Fingerprint {
+    fn of(meta: &fs::Metadata) -> Self {
+        Self {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            size: meta.size(),
+            mtime: (meta.mtime(), meta.mtime_nsec()),
+            ctime: (meta.ctime(), meta.ctime_nsec()),
+        }
+    }
+}
+
+fn check_mode(path: &Path, meta: &fs::Metadata) -> Result<(), TicketKeyError> {
+    let mode = meta.mode() & 0o7777;
+    if mode & 0o077 == 0 {
+        return Ok(());
+    }
+    let access = match (mode & 0o044 != 0, mode & 0o022 != 0) {
+        (true, true) => "readable and writable",
+        (true, false) => "readable",
+        (false, true) => "writable",
+        (false, false) => "accessible",
+    };
+    Err(TicketKeyError::Permissions {
+        path: path.to_owned(),
+        mode,
+        access,
+    })
+}
+
+/// Opens, checks and parses the file; the fingerprint is that of the open
+/// file, so it is exactly the version parsed.
+fn read_file(path: &Path) -> Result<(KeySet, Fingerprint), TicketKeyError> {
+    let mut file = File::open(path).map_err(io_err("open", path))?;
+    let meta = file.metadata().map_err(io_err("stat", path))?;
+    check_mode(path, &meta)?;
+    let mut bytes = Vec::with_capacity(usize::try_from(meta.size()).unwrap_or(0).min(1 << 16));
+    file.read_to_end(&mut bytes).map_err(io_err("read", path))?;
+    let keys = parse(path, &bytes)?;
+    Ok((keys, Fingerprint::of(&meta)))
+}
+
+/// Reads the ticket key file at `path` (format in the [module doc](self)).
+///
+/// # Errors
+/// The file cannot be read, group or others may read or write it, a line is
+/// malformed, or it holds no key or more than [`MAX_KEYS`].
+pub fn load(path: &Path) -> Result<KeySet, TicketKeyError> {
+    read_file(path).map(|(keys, _)| keys)
+}
+
+/// `lb tls rotate-keys FILE`: puts a fresh random key first in the file and
+/// keeps the previous keys, `keep` keys in all; creates the file (mode 0600)
+/// with one key if it does not exist. The file is replaced atomically (a
+/// 0600 temp file in the same directory, then a rename), so a reader sees
+/// the old file or the new one. If `path` is a symlink, its target is
+/// replaced.
+///
+/// The file is rewritten with a standard `#` header: other comments in it
+/// are not kept. Two rotations at the same time do not corrupt the file, but
+/// one of the new keys may be lost.
+///
+/// # Errors
+/// `keep` is 0 or more than [`MAX_KEYS`], the existing file does not load
+/// (see [`load`]: a file with a bad mode is refused rather than rewritten,
+/// as its keys may have leaked), or the file cannot be written.
+pub fn rotate(path: &Path, keep: usize) -> Result<(), TicketKeyError> {
+    if keep == 0 || keep > MAX_KEYS {
+        return Err(TicketKeyError::Keep {
+            path: path.to_owned(),
+            keep,
+        });
+    }
+    let target = match fs::canonicalize(path) {
+        Ok(real) => real,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => path.to_owned(),
+        Err(e) => return Err(io_err("resolve", path)(e)),
+    };
+    let mut keys = match read_file(&target) {
+        Ok((old, _)) => old.keys,
+        Err(TicketKeyError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
+            Vec::new()
+        }
+        Err(e) => return Err(e),
+    };
+    keys.insert(0, TicketKey::random(path)?);
+    keys.truncate(keep);
+    write_atomically(&target, KeySet { keys }.to_text().as_bytes())
+}
+
+/// Writes `bytes` to a 0600 temp file beside `path`, syncs it and renames it
+/// over `path`.
+fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), TicketKeyError> {
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    let file_name = path
+        .file_name()
+        .map_or_else(|| "keys".into(), |n| n.to_string_lossy());
+    let mut suffix = [0u8; 6];
+    aws_lc_rs::rand::fill(&mut suffix).map_err(|_| TicketKeyError::Random {
+        path: path.to_owned(),
+    })?;
+    let tmp = dir.join(format!(".{file_name}.{}.tmp", hex(&suffix)));
+    let written = write_new(&tmp, path, bytes);
+    if written.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    written?;
+    // Make the rename durable; a failure here loses nothing that is not
+    // already on disk, so it is not an error.
+    if let Ok(dir) = File::open(dir) {
+        let _ = dir.sync_all();
+    }
+    Ok(())
+}
+
+fn write_new(tmp: &Path, path: &Path, bytes: &[u8]) -> Result<(), TicketKeyError> {
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(tmp)
+        .map_err(io_err("create", tmp))?;
+    file.write_all(bytes).map_err(io_err("write", tmp))?;
+    file.sync_all().map_err(io_err("sync", tmp))?;
+    fs::rename(tmp, path).map_err(io_err("replace", path))
+}
+
+/// Counters of a [`FileTicketer`], since it was built.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct TicketStats {
+    /// Tickets issued.
+    pub encrypted: u64,
+    /// Tickets decrypted (resumptions offered with a valid ticket).
+    pub decrypted: u64,
+    /// Tickets refused: too short, unknown key name, or bad tag.
+    pub decrypt_failed: u64,
+    /// Of `decrypt_failed`, those whose key name is not in the file (a key
+    /// rotated out, or a node with another key file).
+    pub unknown_key: u64,
+    /// New versions of the file loaded after the first.
+    pub reloads: u64,
+    /// New versions of the file refused (the old keys stayed in use).
+    pub reload_failed: u64,
+}
+
+/// A [`rustls::server::ProducesTickets`] over the keys of a ticket key file,
+/// picking up a rotated file without a restart. Share one (`Arc`) between
+/// the TLS configs of all workers.
+pub struct FileTicketer {
+    path: PathBuf,
+    lifetime: u32,
+    check_interval_ms: u64,
+    keys: RwLock<Arc<KeySet>>,
+    /// The version of the file last looked at (loaded or refused); `None`
+    /// after it could not be found.
+    seen: Mutex<Option<Fingerprint>>,
+    epoch: Instant,
+    /// Milliseconds since `epoch` after which the next encrypt or decrypt
+    /// looks at the file.
+    next_check_ms: AtomicU64,
+    encrypted: AtomicU64,
+    decrypted: AtomicU64,
+    decrypt_failed: AtomicU64,
+    unknown_key: AtomicU64,
+    reloads: AtomicU64,
+    reload_failed: AtomicU64,
+}
+
+impl fmt::Debug for FileTicketer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FileTicketer")
+            .field("path", &self.path)
+            .field("lifetime", &self.lifetime)
+            .field("keys", &*self.current())
+            .field("stats", &self.stats())
+            .finish_non_exhaustive()
+    }
+}
+
+impl FileTicketer {
+    /// Loads the key file at `path`; tickets are announced to clients as
+    /// valid for `lifetime` seconds. The file is looked at again at most
+    /// once per second ([`DEFAULT_CHECK_INTERVAL`]).
+    ///
+    /// # Errors
+    /// See [`load`]; also a lifetime of 0 or over [`MAX_LIFETIME`].
+    pub fn new(path: impl Into<PathBuf>, lifetime: u32) -> Result<Arc<Self>, TicketKeyError> {
+        Self::with_check_interval(path, lifetime, DEFAULT_CHECK_INTERVAL)
+    }
+
+    /// As [`FileTicketer::new`], looking at the file at most once per
+    /// `check_interval` (zero: on every ticket).
+    ///
+    /// # Errors
+    /// See [`FileTicketer::new`].
+    pub fn with_check_interval(
+        path: impl Into<PathBuf>,
+        lifetime: u32,
+        check_interval: Duration,
+    ) -> Result<Arc<Self>, TicketKeyError> {
+        let path = path.into();
+        if lifetime == 0 || lifetime > MAX_LIFETIME {
+            return Err(TicketKeyError::Lifetime { path, lifetime });
+        }
+        let (keys, fingerprint) = read_file(&path)?;
+        let check_interval_ms = u64::try_from(check_interval.as_millis()).unwrap_or(u64::MAX);
+        Ok(Arc::new(Self {
+            path,
+            lifetime,
+            check_interval_ms,
+            keys: RwLock::new(Arc::new(keys)),
+            seen: Mutex::new(Some(fingerprint)),
+            epoch: Instant::now(),
+            next_check_ms: AtomicU64::new(check_interval_ms),
+            encrypted: AtomicU64::new(0),
+            decrypted: AtomicU64::new(0),
+            decrypt_failed: AtomicU64::new(0),
+            unknown_key: AtomicU64::new(0),
+            reloads: AtomicU64::new(0),
+            reload_failed: AtomicU64::new(0),
+        }))
+    }
+
+    /// The key file.
+    #[must_use]
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The keys in use.
+    #[must_use]
+    pub fn keys(&self) -> Arc<KeySet> {
+        self.current()
+    }
+
+    /// The counters so far.
+    #[must_use]
+    pub fn stats(&self) -> TicketStats {
+        TicketStats {
+            encrypted: self.encrypted.load(Relaxed),
+            decrypted: self.decrypted.load(Relaxed),
+            decrypt_failed: self.decrypt_failed.load(Relaxed),
+            unknown_key: self.unknown_key.load(Relaxed),
+            reloads: self.reloads.load(Relaxed),
+            reload_failed: self.reload_failed.load(Relaxed),
+        }
+    }
+
+    /// Looks at the file now and loads it if it changed since last looked
+    /// at (e.g. on SIGHUP). Returns whether new keys are in use. A new
+    /// version that fails to load keeps the old keys and logs one warning
+    /// (the same version is not retried).
+    pub fn reload_if_changed(&self) -> bool {
+        let mut seen = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
+        let now = match fs::metadata(&self.path) {
+            Ok(meta) => Fingerprint::of(&meta),
+            Err(e) => {
+                if seen.take().is_some() {
+                    self.reload_failed.fetch_add(1, Relaxed);
+                    tracing::warn!(
+                        file = %self.path.display(),
+                        error = %e,
+                        keys = self.current().len(),
+                        "ticket key file unreadable: keeping the keys loaded before"
+                    );
+                }
+                return false;
+            }
+        };
+        if *seen == Some(now) {
+            return false;
+        }
+        match read_file(&self.path) {
+            Ok((keys, fingerprint)) => {
+                *seen = Some(fingerprint);
+                tracing::info!(
+                    file = %self.path.display(),
+                    keys = keys.len(),
+                    encrypting = %keys.keys.first().map_or_else(String::new, |k| hex(&k.name)),
+                    "ticket key file reloaded"
+                );
+                *self.keys.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(keys);
+                self.reloads.fetch_add(1, Relaxed);
+                true
+            }
+            Err(e) => {
+                *seen = Some(now);
+                self.reload_failed.fetch_add(1, Relaxed);
+                tracing::warn!(
+                    file = %self.path.display(),
+                    error = %e,
+                    keys = self.current().len(),
+                    "ticket key file not reloaded: keeping the keys loaded before"
+                );
+                false
+            }
+        }
+    }
+
+    fn current(&self) -> Arc<KeySet> {
+        Arc::clone(&self.keys.read().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// Looks at the file if the check interval has passed; one caller per
+    /// interval does, the others go on with the keys they have.
+    fn maybe_reload(&self) {
+        let now = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let next = self.next_check_ms.load(Relaxed);
+        if now < next {
+            return;
+        }
+        let after = now.saturating_add(self.check_interval_ms);
+        if self
+            .next_check_ms
+            .compare_exchange(next, after, Relaxed, Relaxed)
+            .is_ok()
+        {
+            self.reload_if_changed();
+        }
+    }
+
+    fn fail(&self) -> Option<Vec<u8>> {
+        self.decrypt_failed.fetch_add(1, Relaxed);
+        None
+    }
+}
+
+impl rustls::server::ProducesTickets for FileTicketer {
+    fn enabled(&self) -> bool {
+        true
+    }
+
+    fn lifetime(&self) -> u32 {
+        self.lifetime
+    }
+
+    fn encrypt(&self, plain: &[u8]) -> Option<Vec<u8>> {
+        self.maybe_reload();
+        let keys = self.current();
+        let key = keys.keys.first()?;
+        let mut nonce = [0u8; NONCE_LEN];
+        aws_lc_rs::rand::fill(&mut nonce).ok()?;
+        let mut ticket = Vec::with_capacity(NAME_LEN + NONCE_LEN + plain.len() + TAG_LEN);
+        ticket.extend_from_slice(&key.name);
+        ticket.extend_from_slice(&nonce);
+        ticket.extend_from_slice(plain);
+        let body = ticket.get_mut(NAME_LEN + NONCE_LEN..)?;
+        let tag = key
+            .aead
+            .seal_in_place_separate_tag(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(&key.name),
+                body,
+            )
+            .ok()?;
+        ticket.extend_from_slice(tag.as_ref());
+        self.encrypted.fetch_add(1, Relaxed);
+        Some(ticket)
+    }
+
+    fn decrypt(&self, cipher: &[u8]) -> Option<Vec<u8>> {
+        self.maybe_reload();
+        if cipher.len() < NAME_LEN + NONCE_LEN + TAG_LEN {
+            return self.fail();
+        }
+        let (name, rest) = cipher.split_at(NAME_LEN);
+        let (nonce, sealed) = rest.split_at(NONCE_LEN);
+        let keys = self.current();
+        let Some(key) = keys.find(name) else {
+            self.unknown_key.fetch_add(1, Relaxed);
+            return self.fail();
+        };
+        let Ok(nonce) = Nonce::try_assume_unique_for_key(nonce) else {
+            return self.fail();
+        };
+        let mut plain = sealed.to_vec();
+        let Ok(opened) = key.aead.open_in_place(nonce, Aad::from(name), &mut plain) else {
+            return self.fail();
+        };
+        let len = opened.len();
+        plain.truncate(len);
+        self.decrypted.fetch_add(1, Relaxed);
+        Some(plain)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt as _;
+
+    use rustls::server::ProducesTickets as _;
+
+    use super::*;
+
+    /// A fresh directory under the temp dir, removed on drop.
+    struct TempDir(PathBuf);
+
+    impl TempDir {
+        fn new(tag: &str) -> Self {
+            let mut suffix = [0u8; 8];
+            aws_lc_rs::rand::fill(&mut suffix).unwrap();
+            let dir = std::env::temp_dir().join(format!("lb-tickets-{tag}-{}", hex(&suffix)));
+            fs::create_dir_all(&dir).unwrap();
+            Self(dir)
+        }
+
+        fn file(&self) -> PathBuf {
+            self.0.join("ticket.keys")
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn write(path: &Path, text: &str, mode: u32) {
+        fs::write(path, text).unwrap();
+        fs::set_permissions(path, fs::Permissions::from_mode(mode)).unwrap();
+    }
+
+    const NAME_A: &str = "000102030405060708090a0b0c0d0e0f";
+    const KEY_A: &str = "101112131415161718191a1b1c1d1e1f202122232425262728292a2b2c2d2e2f";
+
+    #[test]
+    fn round_trip() {
+        let dir = TempDir::new("rt");
+        let path = dir.file();
+        write(
+            &path,
+            &format!("# comment\n\n  {NAME_A}\t{KEY_A}  \n"),
+            0o600,
+        );
+        let t = FileTicketer::new(&path, 3600).unwrap();
+        assert!(t.enabled());
+        assert_eq!(t.lifetime(), 3600);
+        let ticket = t.encrypt(b"session state").unwrap();
+        assert_eq!(ticket.len(), NAME_LEN + NONCE_LEN + 13 + TAG_LEN);
+        assert_eq!(hex(&ticket[..NAME_LEN]), NAME_A);
+        assert_eq!(t.decrypt(&ticket).unwrap(), b"session state");
+        // Same plaintext, new nonce.
+        assert_ne!(t.encrypt(b"session state").unwrap(), ticket);
+        assert_eq!(t.decrypt(&t.encrypt(b"").unwrap()).unwrap(), b"");
+        let stats = t.stats();
+        assert_eq!((stats.encrypted, stats.decrypted), (3, 2));
+        assert_eq!(stats.decrypt_failed, 0);
+        // Debug shows names, never the key.
+        let debug = format!("{t:?}");
+        assert!(debug.contains(NAME_A), "{debug}");
+        assert!(!debug.contains(KEY_A), "{debug}");
+    }
+
+    #[test]
+    fn rotated_key_still_decrypts_and_dropped_key_does_not() {
+        let dir = TempDir::new("rot");
+        let path = dir.file();
+        rotate(&path, 3).unwrap();
+        assert_eq!(fs::metadata(&path).unwrap().mode() & 0o777, 0o600);
+        let a = load(&path).unwrap();
+        assert_eq!(a.len(), 1);
+        let t_a = FileTicketer::with_check_interval(&path, 3600, Duration::ZERO).unwrap();
+        let ticket_a = t_a.encrypt(b"from A").unwrap();
+
+        rotate(&path, 3).unwrap();
+        let b = load(&path).unwrap();
+        let names: Vec<_> = b.names().collect();
+        assert_eq!(names.len(), 2);
+        assert_eq!(names[1], a.names().next().unwrap(), "A is kept after B");
+        let t_b = FileTicketer::new(&path, 3600).unwrap();
+        let ticket_b = t_b.encrypt(b"from B").unwrap();
+        assert_eq!(ticket_b[..NAME_LEN], names[0], "B encrypts");
+        assert_eq!(t_b.decrypt(&ticket_a).unwrap(), b"from A", "A decrypts");
+
+        // keep=1: only a fresh key C remains, A and B tickets fail.
+        rotate(&path, 1).unwrap();
+        assert_eq!(fs::metadata(&path).unwrap().mode() & 0o777, 0o600);
+        let t_c = FileTicketer::new(&path, 3600).unwrap();
+        assert_eq!(t_c.keys().len(), 1);
+        assert_eq!(t_c.decrypt(&ticket_a), None);
+        assert_eq!(t_c.decrypt(&ticket_b), None);
+        let stats = t_c.stats();
+        assert_eq!((stats.decrypt_failed, stats.unknown_key), (2, 2));
+        // No temp file left behind.
+        assert_eq!(fs::read_dir(&dir.0).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn keeps_at_most_keep_keys() {
+        let dir = TempDir::new("keep");
+        let path = dir.file();
+        for _ in 0..5 {
+            rotate(&path, 3).unwrap();
+        }
+        assert_eq!(load(&path).unwrap().len(), 3);
+        let err = rotate(&path, 0).unwrap_err().to_string();
+        assert!(err.contains("allowed: 1 to 16"), "{err}");
+        assert!(rotate(&path, MAX_KEYS + 1).is_err());
+        rotate(&path, MAX_KEYS).unwrap();
+        assert_eq!(load(&path).unwrap().len(), 4);
+    }
+
+    #[test]
+    fn tampered_ticket_fails() {
+        let dir = TempDir::new("tamper");
+        let path = dir.file();
+        rotate(&path, 3).unwrap();
+        let t = FileTicketer::new(&path, 3600).unwrap();
+        let ticket = t.encrypt(b"secret session").unwrap();
+        for i in [0, NAME_LEN, NAME_LEN + NONCE_LEN, ticket.len() - 1] {
+            let mut bad = ticket.clone();
+            bad[i] ^= 1;
+            assert_eq!(t.decrypt(&bad), None, "byte {i} flipped");
+        }
+        assert_eq!(t.decrypt(&ticket[..ticket.len() - 1]), None);
+        assert_eq!(t.decrypt(&ticket[..10]), None);
+        assert_eq!(t.decrypt(&[]), None);
+        let stats = t.stats();
+        assert_eq!(stats.decrypt_failed, 7);
+        assert_eq!(stats.unknown_key, 1, "only the flipped name is unknown");
+        assert_eq!(t.decrypt(&ticket).unwrap(), b"secret session");
+    }
+
+    #[test]
+    fn refuses_file_others_can_read() {
+        let dir = TempDir::new("mode");
+        let path = dir.file();
+        write(&path, &format!("{NAME_A} {KEY_A}\n"), 0o644);
+        let err = load(&path).unwrap_err().to_string();
+        let p = path.display();
+        assert_eq!(
+            err,
+            format!(
+                "ticket key file {p} is readable by group or others (mode 0644); allowed: 0600 \
+                 or 0400 (chmod 600 {p})"
+            )
+        );
+        assert!(FileTicketer::new(&path, 60).is_err());
+        assert!(rotate(&path, 3).is_err(), "a leaked file is not rewritten");
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o620)).unwrap();
+        let err = load(&path).unwrap_err().to_string();
+        assert!(
+            err.contains("is writable by group or others (mode 0620)"),
+            "{err}"
+        );
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o400)).unwrap();
+        assert_eq!(load(&path).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn refuses_malformed_lines_naming_the_line() {
+        let dir = TempDir::new("bad");
+        let path = dir.file();
+        let cases = [
+            (
+                format!("# keys\n{NAME_A} {KEY_A}\n{NAME_A}{KEY_A}\n"),
+                3,
+                "expected 2 fields",
+            ),
+            (format!("\n\n{NAME_A} {KEY_A} extra\n"), 3, "found 3"),
+            (
+                format!("{NAME_A}0 {KEY_A}\n"),
+                1,
+                "the key name has 33 hex digits",
+            ),
+            (
+                format!("{NAME_A} {}\n", &KEY_A[..62]),
+                1,
+                "the key has 62 hex digits",
+            ),
+            (
+                format!("# x\n{NAME_A} {}zz\n", &KEY_A[..62]),
+                2,
+                "non-hex character 'z'",
+            ),
+            (
+                format!("{NAME_A} {KEY_A}\n#\n{NAME_A} {KEY_A}\n"),
+                3,
+                "already used on line 1",
+            ),
+        ];
+        for (text, line, reason) in cases {
+            write(&path, &text, 0o600);
+            let err = load(&path).unwrap_err().to_string();
+            assert!(err.contains(&format!(", line {line}: ")), "{err}");
+            assert!(err.contains(reason), "{err}");
+            assert!(err.contains("allowed:"), "{err}");
+        }
+        write(&path, "# nothing here\n\n", 0o600);
+        let err = load(&path).unwrap_err().to_string();
+        assert!(err.contains("has no key"), "{err}");
+        write(&path, "", 0o600);
+        assert!(matches!(load(&path), Err(TicketKeyError::Empty { .. })));
+        let many: String = (0..17).map(|i| format!("{i:032x} {KEY_A}\n")).collect();
+        write(&path, &many, 0o600);
+        let err = load(&path).unwrap_err().to_string();
+        assert!(err.contains("has 17 keys; allowed: 1 to 16"), "{err}");
+        fs::write(&path, b"# ok\n\xff\n").unwrap();
+        let err = load(&path).unwrap_err().to_string();
+        assert!(err.contains("not UTF-8 text (line 2)"), "{err}");
+        let err = load(&dir.0.join("missing")).unwrap_err().to_string();
+        assert!(err.starts_with("open ticket key file "), "{err}");
+    }
+
+    #[test]
+    fn two_ticketers_on_one_file_share_tickets() {
+        let dir = TempDir::new("farm");
+        let path = dir.file();
+        rotate(&path, 3).unwrap();
+        rotate(&path, 3).unwrap();
+        let node1 = FileTicketer::new(&path, 3600).unwrap();
+        let node2 = FileTicketer::new(&path, 3600).unwrap();
+        let t1 = node1.encrypt(b"one").unwrap();
+        let t2 = node2.encrypt(b"two").unwrap();
+        assert_eq!(node2.decrypt(&t1).unwrap(), b"one");
+        assert_eq!(node1.decrypt(&t2).unwrap(), b"two");
+    }
+
+    #[test]
+    fn picks_up_rotation_without_restart() {
+        let dir = TempDir::new("live");
+        let path = dir.file();
+        rotate(&path, 3).unwrap();
+        let t = FileTicketer::new(&path, 3600).unwrap();
+        let old = t.encrypt(b"old").unwrap();
+        let first = t.keys().names().next().unwrap();
+
+        // Within the check interval the old keys stay in use.
+        t.next_check_ms.store(u64::MAX, Relaxed);
+        rotate(&path, 3).unwrap();
+        assert_eq!(t.encrypt(b"x").unwrap()[..NAME_LEN], first);
+        // Once it has passed, the next ticket looks at the file.
+        t.next_check_ms.store(0, Relaxed);
+        let new = t.encrypt(b"new").unwrap();
+        assert_ne!(new[..NAME_LEN], first);
+        assert_eq!(t.keys().len(), 2);
+        assert_eq!(t.decrypt(&old).unwrap(), b"old");
+        assert_eq!(t.stats().reloads, 1);
+        assert!(!t.reload_if_changed(), "unchanged file");
+
+        // A bad version keeps the keys in use, once.
+        let keys_before: Vec<_> = t.keys().names().collect();
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(!t.reload_if_changed());
+        assert!(!t.reload_if_changed());
+        assert_eq!(t.stats().reload_failed, 1);
+        assert_eq!(t.keys().names().collect::<Vec<_>>(), keys_before);
+        assert_eq!(t.decrypt(&new).unwrap(), b"new");
+        // Fixed: loaded again.
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
+        assert!(t.reload_if_changed());
+        // Removed: keys kept, one failure.
+        fs::remove_file(&path).unwrap();
+        assert!(!t.reload_if_changed());
+        assert!(!t.reload_if_changed());
+        assert_eq!(t.stats().reload_failed, 2);
+        assert_eq!(t.decrypt(&new).unwrap(), b"new");
+        // Back: loaded.
+        rotate(&path, 3).unwrap();
+        assert!(t.reload_if_changed());
+        assert_eq!(t.stats().reloads, 3);
+    }
+
+    #[test]
+    fn zero_check_interval_looks_every_time() {
+        let dir = TempDir::new("zero");
+        let path = dir.file();
+        rotate(&path, 3).unwrap();
+        let t = FileTicketer::with_check_interval(&path, 60, Duration::ZERO).unwrap();
+        let before = t.keys().names().next().unwrap();
+        rotate(&path, 3).unwrap();
+        let ticket = t.encrypt(b"y").unwrap();
+        assert_ne!(ticket[..NAME_LEN], before);
+        assert!(FileTicketer::new(&path, 0).is_err());
+        assert!(FileTicketer::new(&path, MAX_LIFETIME + 1).is_err());
+    }
+
+    #[test]
+    fn rotate_through_symlink_replaces_target() {
+        let dir = TempDir::new("link");
+        let real = dir.0.join("real.keys");
+        rotate(&real, 3).unwrap();
+        let link = dir.0.join("link.keys");
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        rotate(&link, 3).unwrap();
+        assert!(fs::symlink_metadata(&link)
+            .unwrap()
+            .file_type()
+            .is_symlink());
+        assert_eq!(load(&real).unwrap().len(), 2);
+    }
+
+    /// A self-signed certificate for `localhost` and a client trusting it.
+    fn tls_pair(
+        version: &'static rustls::SupportedProtocolVersion,
+    ) -> (
+        rustls::ConfigBuilder<rustls::ServerConfig, rustls::server::WantsServerCert>,
+        rustls_pki_types::CertificateDer<'static>,
+        rustls_pki_types::PrivateKeyDer<'static>,
+        Arc<rustls::ClientConfig>,
+    ) {
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+        let cert = certified.cert.der().clone();
+        let key = rustls_pki_types::PrivateKeyDer::Pkcs8(certified.key_pair.serialize_der().into());
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(cert.clone()).unwrap();
+        let client = rustls::ClientConfig::builder_with_provider(Arc::clone(&provider))
+            .with_protocol_versions(&[version])
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let server = rustls::ServerConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[version])
+            .unwrap()
+            .with_no_client_auth();
+        (server, cert, key, Arc::new(client))
+    }
+
+    /// One connection through memory; returns how the handshake went.
+    fn connect(
+        server: &Arc<rustls::ServerConfig>,
+        client: &Arc<rustls::ClientConfig>,
+    ) -> rustls::HandshakeKind {
+        let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+        let mut c = rustls::ClientConnection::new(Arc::clone(client), name).unwrap();
+        let mut s = rustls::ServerConnection::new(Arc::clone(server)).unwrap();
+        for _ in 0..20 {
+            let mut buf = Vec::new();
+            while c.wants_write() {
+                c.write_tls(&mut buf).unwrap();
+            }
+            let mut rd = &buf[..];
+            while !rd.is_empty() {
+                s.read_tls(&mut rd).unwrap();
+                s.process_new_packets().unwrap();
+            }
+            let mut buf = Vec::new();
+            while s.wants_write() {
+                s.write_tls(&mut buf).unwrap();
+            }
+            let mut rd = &buf[..];
+            while !rd.is_empty() {
+                c.read_tls(&mut rd).unwrap();
+                c.process_new_packets().unwrap();
+            }
+            if !c.is_handshaking() && !s.is_handshaking() && !c.wants_write() && !s.wants_write() {
+                break;
+            }
+        }
+        assert!(!c.is_handshaking());
+        c.handshake_kind().unwrap()
+    }
+
+    #[test]
+    fn rustls_resumes_on_another_node_with_the_same_file() {
+        let dir = TempDir::new("rustls");
+        let path = dir.file();
+        rotate(&path, 3).unwrap();
+        for version in [&rustls::version::TLS13, &rustls::version::TLS12] {
+            let (builder, cert, key, client) = tls_pair(version);
+            let mut node1 = builder.with_single_cert(vec![cert], key).unwrap();
+            node1.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+            let mut node2 = node1.clone();
+            let t1 = FileTicketer::new(&path, 3600).unwrap();
+            let t2 = FileTicketer::new(&path, 3600).unwrap();
+            node1.ticketer = t1.clone();
+            node2.ticketer = t2.clone();
+            let (node1, node2) = (Arc::new(node1), Arc::new(node2));
+            assert_eq!(connect(&node1, &client), rustls::HandshakeKind::Full);
+            assert!(t1.stats().encrypted >= 1, "{version:?}");
+            assert_eq!(
+                connect(&node2, &client),
+                rustls::HandshakeKind::Resumed,
+                "{version:?}"
+            );
+            assert!(t2.stats().decrypted >= 1, "{version:?}");
+        }
+    }
+}
