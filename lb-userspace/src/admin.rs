@@ -51,10 +51,14 @@ pub struct WorkerStatus {
     pub cpu: Option<usize>,
     /// Connections accepted.
     pub accepted: u64,
+    /// TLS handshakes on this worker's CPU, all frontends (the handshake
+    /// gate is per CPU: `gateRefused` shows which CPU refused).
+    pub tls: counters::TlsTotals,
 }
 
 /// One frontend.
 #[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct FrontendStatus {
     /// Name.
     pub name: String,
@@ -69,6 +73,12 @@ pub struct FrontendStatus {
     pub totals: counters::FrontendTotals,
     /// `maxConn` of `[frontend.limits]` (client connections).
     pub conns: Conns,
+    /// The session cache (TLS frontends with one).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_cache: Option<crate::tls::cache::CacheStats>,
+    /// The ticket key file (TLS frontends with `ticketKeys`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_tickets: Option<crate::tls::tickets::TicketStats>,
 }
 
 /// One level's `maxConn` accounting.
@@ -148,6 +158,13 @@ impl Status {
                     index,
                     cpu: w.cpu,
                     accepted: w.accepted.load(Relaxed),
+                    tls: w
+                        .frontends
+                        .iter()
+                        .fold(counters::TlsTotals::default(), |mut t, f| {
+                            t.add(&f.tls);
+                            t
+                        }),
                 })
                 .collect(),
             frontends: shared
@@ -165,6 +182,16 @@ impl Status {
                         .unwrap_or_default(),
                     totals: counters::frontend_totals(&shared.workers, i),
                     conns: Conns::of(&live.frontends[i].conns),
+                    tls_cache: f
+                        .tls
+                        .as_ref()
+                        .and_then(|t| t.cache.as_ref())
+                        .map(|c| c.stats()),
+                    tls_tickets: f
+                        .tls
+                        .as_ref()
+                        .and_then(|t| t.tickets.as_ref())
+                        .map(|t| t.stats()),
                 })
                 .collect(),
             pools: shared

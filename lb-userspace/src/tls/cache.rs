@@ -50,6 +50,7 @@ pub trait Backend: Send + Sync + fmt::Debug {
 
 /// Counters of a [`SessionCache`], since it was built.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct CacheStats {
     /// Lookups (`get` and `take`) that found a live entry, here or in the
     /// backend.

@@ -512,6 +512,7 @@ fn write_new(tmp: &Path, path: &Path, bytes: &[u8]) -> Result<(), TicketKeyError
 
 /// Counters of a [`FileTicketer`], since it was built.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct TicketStats {
     /// Tickets issued.
     pub encrypted: u64,
