@@ -54,6 +54,8 @@ pub struct Control {
     live: Arc<Live>,
     plane: Option<Arc<Mutex<Option<DataPlane>>>>,
     xdp_generation: Mutex<u32>,
+    /// Each frontend's TLS (None: plain), for certificate reloads.
+    tls: Vec<Option<Arc<crate::tls::FrontendTls>>>,
 }
 
 impl std::fmt::Debug for Control {
@@ -134,12 +136,18 @@ fn parse_profile(name: &str, json: &[u8]) -> Result<Limits, ChangeError> {
 impl Control {
     /// Control over a process started with `cfg`.
     #[must_use]
-    pub fn new(cfg: Config, live: Arc<Live>, plane: Option<Arc<Mutex<Option<DataPlane>>>>) -> Self {
+    pub fn new(
+        cfg: Config,
+        live: Arc<Live>,
+        plane: Option<Arc<Mutex<Option<DataPlane>>>>,
+        tls: Vec<Option<Arc<crate::tls::FrontendTls>>>,
+    ) -> Self {
         Self {
             cfg: Mutex::new(cfg),
             live,
             plane,
             xdp_generation: Mutex::new(1),
+            tls,
         }
     }
 
@@ -188,13 +196,32 @@ impl Control {
         self.apply(next, &format!("PUT /api/profiles/{name}"))
     }
 
-    /// Re-reads the file the process started from (SIGHUP) and applies it.
+    /// Re-reads the file the process started from (SIGHUP), and every
+    /// certificate file, and applies them. Certificates are read first: a
+    /// refused one refuses the whole reload.
     ///
     /// # Errors
-    /// The file is invalid or changes more than limits.
+    /// The file is invalid or changes more than limits, or a certificate
+    /// file is refused.
     pub fn reload(&self) -> Result<(), ChangeError> {
         let path = self.lock().path.clone();
         let next = Config::load(&path).map_err(|e| ChangeError::Invalid(e.to_string()))?;
+        if let Some(part) = not_live(&self.lock(), &next) {
+            return Err(ChangeError::NotLive(part));
+        }
+        let fresh: Vec<_> = next
+            .frontend
+            .iter()
+            .map(crate::tls::FrontendTls::build)
+            .collect::<Result<_, _>>()
+            .map_err(|e| ChangeError::Invalid(e.to_string()))?;
+        drop(fresh);
+        for (t, f) in self.tls.iter().zip(&next.frontend) {
+            if let Some(t) = t {
+                t.reload_certs(f)
+                    .map_err(|e| ChangeError::Invalid(e.to_string()))?;
+            }
+        }
         self.apply(next, "SIGHUP")
     }
 

@@ -204,7 +204,7 @@ pub fn run(cfg: &Config, join: bool) -> Result<()> {
             Sessions::random()
         }
     };
-    let proxy = match Proxy::start(cfg, Arc::clone(&live), sessions, tls) {
+    let proxy = match Proxy::start(cfg, Arc::clone(&live), sessions, tls.clone()) {
         Ok(p) => p,
         Err(e) => {
             stop_xdp(started)?;
@@ -215,6 +215,7 @@ pub fn run(cfg: &Config, join: bool) -> Result<()> {
         cfg.clone(),
         live,
         started.as_ref().map(|s| Arc::clone(&s.plane)),
+        tls,
     ));
     let admin = match &cfg.admin {
         Some(a) => {

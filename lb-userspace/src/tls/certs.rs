@@ -118,6 +118,43 @@ impl ResolvesServerCert for SniResolver {
     }
 }
 
+/// A frontend's certificates, replaceable while it serves (SIGHUP): a
+/// handshake takes whatever is in force when its ClientHello arrives;
+/// established connections keep theirs.
+#[derive(Debug)]
+pub struct CertStore(std::sync::RwLock<Arc<SniResolver>>);
+
+impl CertStore {
+    /// A store holding `r`.
+    #[must_use]
+    pub fn new(r: SniResolver) -> Self {
+        Self(std::sync::RwLock::new(Arc::new(r)))
+    }
+
+    /// Puts `r` in force.
+    pub fn replace(&self, r: SniResolver) {
+        *self
+            .0
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(r);
+    }
+
+    fn current(&self) -> Arc<SniResolver> {
+        Arc::clone(
+            &self
+                .0
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
+    }
+}
+
+impl ResolvesServerCert for CertStore {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        self.current().pick(hello.server_name())
+    }
+}
+
 /// Writes a self-signed ECDSA P-256 certificate for `name` (and
 /// `*.name`) to `dir/NAME.pem` and its key to `dir/NAME.key` (mode 0600):
 /// `lb cert gen`, for tests and the demo.

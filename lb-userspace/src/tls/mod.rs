@@ -70,6 +70,19 @@ pub struct FrontendTls {
     pub cache: Option<Arc<cache::SessionCache>>,
     /// The ticket keys from a file, if set.
     pub tickets: Option<Arc<tickets::FileTicketer>>,
+    /// The certificates in force (replaced on SIGHUP).
+    pub certs: Arc<certs::CertStore>,
+}
+
+/// Reads a frontend's certificates: its own and its `sni` entries.
+fn resolver(tls: &crate::config::Tls, o: &TlsOptions) -> Result<certs::SniResolver, TlsError> {
+    let own = certs::load(&tls.cert, &tls.key)?;
+    let mut named = Vec::with_capacity(o.sni.len());
+    for s in &o.sni {
+        named.push((s.name.clone(), certs::load(&s.cert, &s.key)?));
+    }
+    let default = (o.unknown_sni == UnknownSni::Default).then_some(own);
+    Ok(certs::SniResolver::new(named, default))
 }
 
 impl FrontendTls {
@@ -84,13 +97,7 @@ impl FrontendTls {
         };
         let defaults = TlsOptions::default();
         let o = f.tls_options.as_ref().unwrap_or(&defaults);
-        let own = certs::load(&tls.cert, &tls.key)?;
-        let mut named = Vec::with_capacity(o.sni.len());
-        for s in &o.sni {
-            named.push((s.name.clone(), certs::load(&s.cert, &s.key)?));
-        }
-        let default = (o.unknown_sni == UnknownSni::Default).then_some(own);
-        let resolver = certs::SniResolver::new(named, default);
+        let store = Arc::new(certs::CertStore::new(resolver(tls, o)?));
 
         let mut p = provider::default_provider();
         if let Some(names) = &o.cipher_suites {
@@ -131,7 +138,7 @@ impl FrontendTls {
             .with_protocol_versions(&versions)
             .map_err(options)?
             .with_no_client_auth()
-            .with_cert_resolver(Arc::new(resolver));
+            .with_cert_resolver(Arc::clone(&store) as Arc<dyn rustls::server::ResolvesServerCert>);
         if f.mode == Mode::Http {
             sc.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         }
@@ -165,7 +172,26 @@ impl FrontendTls {
             handshake_timeout: o.handshake_timeout.0,
             cache,
             tickets,
+            certs: store,
         }))
+    }
+
+    /// Reads the certificate files again (same paths) and puts them in
+    /// force for new handshakes; sessions, tickets and connections stay.
+    ///
+    /// # Errors
+    /// A file is refused; the certificates in force stay.
+    pub fn reload_certs(&self, f: &Frontend) -> Result<(), TlsError> {
+        let Some(tls) = &f.tls else {
+            return Ok(());
+        };
+        let defaults = TlsOptions::default();
+        let o = f.tls_options.as_ref().unwrap_or(&defaults);
+        self.certs.replace(resolver(tls, o)?);
+        if let Some(t) = &self.tickets {
+            t.reload_if_changed();
+        }
+        Ok(())
     }
 }
 
