@@ -7,7 +7,8 @@
 //!   of the nightly toolchain), `bpftool` (map dumps, prog runs), `hping3`
 //!   (SYN floods), `iproute2` (namespaces), `nftables` (counting SYNs that
 //!   reach the stack, and the benchmark's peers), `curl`, `h2load`
-//!   (nghttp2-client) and `wrk` (proxy tests and benchmarks), `nginx-light`
+//!   (nghttp2-client), `wrk` and `ab` (apache2-utils) (proxy and TLS tests,
+//!   benchmarks), `nginx-light`
 //!   and `haproxy` (benchmark peers; their services are not started);
 //! - `rust-src` for the nightly toolchain (`-Z build-std=core`);
 //! - `bpf-linker`, built with LLVM 22.
@@ -30,6 +31,7 @@ const APT: &[(&str, &str)] = &[
     // Real clients and peers of the proxy tests and benchmarks.
     ("nghttp2-client", "/usr/bin/h2load"),
     ("wrk", "/usr/bin/wrk"),
+    ("apache2-utils", "/usr/bin/ab"),
     ("nginx-light", "/usr/sbin/nginx"),
     ("haproxy", "/usr/sbin/haproxy"),
 ];
