@@ -231,6 +231,8 @@ pub struct Admin {
     pub control: Arc<Control>,
     /// Bearer token changes need (None: changes need none).
     pub token: Option<String>,
+    /// The cluster's Redis (`[cluster]`), for its status.
+    pub redis: Option<Arc<crate::tls::cluster::Redis>>,
 }
 
 /// Binds the admin listener and serves it on the current runtime.
@@ -273,7 +275,13 @@ const ENDPOINTS: &str = "GET /api/status, GET /api/profiles, PUT /api/profiles/N
 async fn route(req: Request<Incoming>, admin: &Admin) -> Response<Full<Bytes>> {
     let path = req.uri().path().to_owned();
     match (req.method().clone(), path.as_str()) {
-        (Method::GET, "/api/status") => ok_json(&Status::collect(&admin.shared)),
+        (Method::GET, "/api/status") => {
+            let mut v = serde_json::to_value(Status::collect(&admin.shared)).unwrap_or_default();
+            if let Some(r) = &admin.redis {
+                v["cluster"] = serde_json::to_value(r.status()).unwrap_or_default();
+            }
+            ok_json(&v)
+        }
         (Method::GET, "/api/profiles") => ok_json(&admin.control.profiles()),
         (Method::PUT, p) if p.starts_with("/api/profiles/") => {
             let name = p.trim_start_matches("/api/profiles/").to_owned();

@@ -212,7 +212,7 @@ impl Control {
         let fresh: Vec<_> = next
             .frontend
             .iter()
-            .map(crate::tls::FrontendTls::build)
+            .map(|f| crate::tls::FrontendTls::build(f, None))
             .collect::<Result<_, _>>()
             .map_err(|e| ChangeError::Invalid(e.to_string()))?;
         drop(fresh);

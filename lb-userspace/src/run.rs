@@ -166,7 +166,7 @@ pub fn run(cfg: &Config, join: bool) -> Result<()> {
     let joined = lock.is_none();
     // Certificates and ticket keys first: a bad file refuses to start with
     // nothing attached.
-    let tls = crate::tls::build_all(cfg)?;
+    let (tls, redis) = crate::tls::build_all(cfg)?;
     let lock = Arc::new(Mutex::new(lock));
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -234,6 +234,7 @@ pub fn run(cfg: &Config, join: bool) -> Result<()> {
                         shared: Arc::clone(proxy.shared()),
                         control: Arc::clone(&control),
                         token,
+                        redis: redis.clone(),
                     },
                 ))
             });

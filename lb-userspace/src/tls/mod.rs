@@ -8,10 +8,12 @@
 //! the proxy (`proxy::handshake`). Modules:
 //! - [`certs`]: PEM loading, the SNI resolver, `lb cert gen`;
 //! - [`tickets`]: ticket keys from a file shared by a farm, rotation;
-//! - [`cache`]: the session cache (TLS 1.2 session ids).
+//! - [`cache`]: the session cache (TLS 1.2 session ids);
+//! - [`cluster`]: the session cache shared by a farm through Redis.
 
 pub mod cache;
 pub mod certs;
+pub mod cluster;
 pub mod tickets;
 
 use std::{path::PathBuf, sync::Arc, time::Duration};
@@ -91,7 +93,10 @@ impl FrontendTls {
     /// # Errors
     /// A certificate, key or ticket key file is refused, or the options do
     /// not make a configuration.
-    pub fn build(f: &Frontend) -> Result<Option<Self>, TlsError> {
+    pub fn build(
+        f: &Frontend,
+        redis: Option<&Arc<cluster::Redis>>,
+    ) -> Result<Option<Self>, TlsError> {
         let Some(tls) = &f.tls else {
             return Ok(None);
         };
@@ -143,11 +148,15 @@ impl FrontendTls {
             sc.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         }
         let lifetime = o.session_cache.lifetime.0;
-        let cache = (o.session_cache.size.0 > 0).then(|| {
+        let backend = redis.map(|r| {
+            Arc::new(cluster::SessionBackend::new(Arc::clone(r), &f.name))
+                as Arc<dyn cache::Backend>
+        });
+        let cache = (o.session_cache.size.0 > 0 || backend.is_some()).then(|| {
             Arc::new(cache::SessionCache::with_backend(
                 usize::try_from(o.session_cache.size.0).unwrap_or(usize::MAX),
                 lifetime,
-                None,
+                backend,
             ))
         });
         sc.session_storage = match &cache {
@@ -161,9 +170,12 @@ impl FrontendTls {
             )?),
             None => None,
         };
-        sc.ticketer = match &tickets {
-            Some(t) => Arc::clone(t) as Arc<dyn rustls::server::ProducesTickets>,
-            None => provider::Ticketer::new().map_err(options)?,
+        sc.ticketer = match (&tickets, redis) {
+            (Some(t), _) => Arc::clone(t) as Arc<dyn rustls::server::ProducesTickets>,
+            // Cluster mode without a shared key file: TLS 1.3 resumes
+            // through the shared cache (stateful tickets) instead.
+            (None, Some(_)) => Arc::new(NoTickets),
+            (None, None) => provider::Ticketer::new().map_err(options)?,
         };
         sc.send_tls13_tickets = usize::try_from(o.tickets.0).unwrap_or(2);
         Ok(Some(Self {
@@ -195,13 +207,44 @@ impl FrontendTls {
     }
 }
 
-/// Every frontend's TLS, in config order (None: plain).
+/// Issues no tickets (rustls then resumes TLS 1.3 statefully, through
+/// the session cache).
+#[derive(Debug)]
+struct NoTickets;
+
+impl rustls::server::ProducesTickets for NoTickets {
+    fn enabled(&self) -> bool {
+        false
+    }
+    fn lifetime(&self) -> u32 {
+        0
+    }
+    fn encrypt(&self, _: &[u8]) -> Option<Vec<u8>> {
+        None
+    }
+    fn decrypt(&self, _: &[u8]) -> Option<Vec<u8>> {
+        None
+    }
+}
+
+/// Each frontend's TLS, in config order (None: plain).
+pub type Frontends = Vec<Option<Arc<FrontendTls>>>;
+
+/// Every frontend's TLS, in config order (None: plain), and the cluster's
+/// Redis if `[cluster]` names one.
 ///
 /// # Errors
-/// The first frontend whose TLS is refused.
-pub fn build_all(cfg: &Config) -> Result<Vec<Option<Arc<FrontendTls>>>, TlsError> {
-    cfg.frontend
+/// The first frontend whose TLS is refused, or a bad Redis URL.
+pub fn build_all(cfg: &Config) -> Result<(Frontends, Option<Arc<cluster::Redis>>), TlsError> {
+    let redis = cfg
+        .cluster
+        .as_ref()
+        .map(|c| cluster::Redis::new(&c.redis))
+        .transpose()?;
+    let tls = cfg
+        .frontend
         .iter()
-        .map(|f| FrontendTls::build(f).map(|t| t.map(Arc::new)))
-        .collect()
+        .map(|f| FrontendTls::build(f, redis.as_ref()).map(|t| t.map(Arc::new)))
+        .collect::<Result<_, _>>()?;
+    Ok((tls, redis))
 }

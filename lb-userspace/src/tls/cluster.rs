@@ -1,0 +1,224 @@
+//! Cluster mode: `[cluster] redis = "redis://..."` backs every TLS frontend's
+//! session cache with Redis, so a session started on any node resumes on
+//! any other (the job distcache did for Apache farms). In cluster mode a
+//! frontend without `ticketKeys` resumes TLS 1.3 through the shared cache
+//! too (stateful tickets), so no ticket key needs to be shared.
+//!
+//! Redis is a help, never a dependency: every call has a short timeout;
+//! when Redis does not answer, handshakes go on as full ones (a cache miss),
+//! `lb` logs the outage once and retries at most once a second, and logs
+//! again when Redis is back. One connection is shared by the workers.
+
+use std::{
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering::Relaxed},
+        Arc, Mutex, PoisonError,
+    },
+    time::{Duration, Instant},
+};
+
+use super::{cache::Backend, TlsError};
+
+/// How long a connect, read or write to Redis may take.
+const TIMEOUT: Duration = Duration::from_millis(100);
+/// How long after a failure the next connect is tried.
+const RETRY: Duration = Duration::from_secs(1);
+
+/// The cluster's Redis, shared by every frontend.
+pub struct Redis {
+    url: String,
+    client: redis::Client,
+    conn: Mutex<Option<redis::Connection>>,
+    retry_at: Mutex<Option<Instant>>,
+    up: AtomicBool,
+    errors: AtomicU64,
+    calls: AtomicU64,
+}
+
+impl std::fmt::Debug for Redis {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Redis")
+            .field("url", &self.url)
+            .field("up", &self.up.load(Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+/// What `/api/status` shows of the cluster's Redis.
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RedisStatus {
+    /// The URL.
+    pub url: String,
+    /// Whether the last call succeeded.
+    pub up: bool,
+    /// Calls that failed (timeouts, refused connects, errors).
+    pub errors: u64,
+    /// Calls made.
+    pub calls: u64,
+}
+
+impl Redis {
+    /// The cluster's Redis at `url` (connected on first use).
+    ///
+    /// # Errors
+    /// The URL is not a Redis URL.
+    pub fn new(url: &str) -> Result<Arc<Self>, TlsError> {
+        let client = redis::Client::open(url).map_err(|e| TlsError::Options {
+            frontend: "[cluster]".into(),
+            why: format!("redis = \"{url}\": {e}; allowed: redis://HOST:PORT[/DB]"),
+        })?;
+        Ok(Arc::new(Self {
+            url: url.to_owned(),
+            client,
+            conn: Mutex::new(None),
+            retry_at: Mutex::new(None),
+            up: AtomicBool::new(true),
+            errors: AtomicU64::new(0),
+            calls: AtomicU64::new(0),
+        }))
+    }
+
+    /// What `/api/status` shows.
+    #[must_use]
+    pub fn status(&self) -> RedisStatus {
+        RedisStatus {
+            url: self.url.clone(),
+            up: self.up.load(Relaxed),
+            errors: self.errors.load(Relaxed),
+            calls: self.calls.load(Relaxed),
+        }
+    }
+
+    fn down(&self, e: &redis::RedisError) {
+        self.errors.fetch_add(1, Relaxed);
+        *self.retry_at.lock().unwrap_or_else(PoisonError::into_inner) =
+            Some(Instant::now() + RETRY);
+        if self.up.swap(false, Relaxed) {
+            tracing::warn!(
+                url = %self.url,
+                error = %e,
+                "cluster Redis unreachable: TLS sessions are not shared until it returns \
+                 (clients do full handshakes); retrying every second"
+            );
+        }
+    }
+
+    fn up(&self) {
+        if !self.up.swap(true, Relaxed) {
+            tracing::info!(url = %self.url, "cluster Redis is back: TLS sessions are shared again");
+        }
+    }
+
+    /// Connects, unless a failure is too recent.
+    fn connect(&self) -> Result<Option<redis::Connection>, redis::RedisError> {
+        let wait = *self.retry_at.lock().unwrap_or_else(PoisonError::into_inner);
+        if wait.is_some_and(|t| Instant::now() < t) {
+            return Ok(None);
+        }
+        self.calls.fetch_add(1, Relaxed);
+        let c = self.client.get_connection_with_timeout(TIMEOUT)?;
+        c.set_read_timeout(Some(TIMEOUT))?;
+        c.set_write_timeout(Some(TIMEOUT))?;
+        Ok(Some(c))
+    }
+
+    /// Runs `f` on the connection (made if need be); None when Redis is
+    /// down or the call failed. A call that fails on an old connection
+    /// (Redis restarted) is tried once more on a new one at once.
+    fn call<T>(&self, f: impl Fn(&mut redis::Connection) -> redis::RedisResult<T>) -> Option<T> {
+        let mut conn = self.conn.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut fresh = false;
+        for _ in 0..2 {
+            if conn.is_none() {
+                match self.connect() {
+                    Ok(Some(c)) => {
+                        *conn = Some(c);
+                        fresh = true;
+                    }
+                    Ok(None) => return None,
+                    Err(e) => {
+                        self.down(&e);
+                        return None;
+                    }
+                }
+            }
+            let c = conn.as_mut()?;
+            self.calls.fetch_add(1, Relaxed);
+            match f(c) {
+                Ok(v) => {
+                    self.up();
+                    return Some(v);
+                }
+                Err(e) => {
+                    *conn = None;
+                    if fresh || !(e.is_io_error() || e.is_connection_dropped()) {
+                        self.down(&e);
+                        return None;
+                    }
+                }
+            }
+        }
+        None
+    }
+}
+
+/// One frontend's slice of the shared session cache in Redis: keys
+/// `lb:tls:<frontend>:<session id in hex>`, expiring with the sessions.
+#[derive(Debug)]
+pub struct SessionBackend {
+    redis: Arc<Redis>,
+    prefix: String,
+}
+
+impl SessionBackend {
+    /// Frontend `name`'s sessions in `redis`.
+    #[must_use]
+    pub fn new(redis: Arc<Redis>, name: &str) -> Self {
+        Self {
+            redis,
+            prefix: format!("lb:tls:{name}:"),
+        }
+    }
+
+    fn key(&self, id: &[u8]) -> String {
+        use std::fmt::Write as _;
+        let mut k = String::with_capacity(self.prefix.len() + id.len() * 2);
+        k.push_str(&self.prefix);
+        for b in id {
+            let _ = write!(k, "{b:02x}");
+        }
+        k
+    }
+}
+
+impl Backend for SessionBackend {
+    fn put(&self, key: &[u8], value: &[u8], lifetime: Duration) {
+        let ms = u64::try_from(lifetime.as_millis())
+            .unwrap_or(u64::MAX)
+            .max(1);
+        let k = self.key(key);
+        let _ = self.redis.call(|c| {
+            redis::cmd("SET")
+                .arg(&k)
+                .arg(value)
+                .arg("PX")
+                .arg(ms)
+                .query::<()>(c)
+        });
+    }
+
+    fn get(&self, key: &[u8]) -> Option<Vec<u8>> {
+        let k = self.key(key);
+        self.redis
+            .call(|c| redis::cmd("GET").arg(&k).query::<Option<Vec<u8>>>(c))
+            .flatten()
+    }
+
+    fn take(&self, key: &[u8]) -> Option<Vec<u8>> {
+        let k = self.key(key);
+        self.redis
+            .call(|c| redis::cmd("GETDEL").arg(&k).query::<Option<Vec<u8>>>(c))
+            .flatten()
+    }
+}
