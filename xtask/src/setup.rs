@@ -9,7 +9,8 @@
 //!   reach the stack, and the benchmark's peers), `curl`, `h2load`
 //!   (nghttp2-client), `wrk` and `ab` (apache2-utils) (proxy and TLS tests,
 //!   benchmarks), `nginx-light`
-//!   and `haproxy` (benchmark peers; their services are not started);
+//!   and `haproxy` (benchmark peers; their services are not started),
+//!   `redis-server` (the cluster tests start their own);
 //! - `rust-src` for the nightly toolchain (`-Z build-std=core`);
 //! - `bpf-linker`, built with LLVM 22.
 
@@ -34,6 +35,8 @@ const APT: &[(&str, &str)] = &[
     ("apache2-utils", "/usr/bin/ab"),
     ("nginx-light", "/usr/sbin/nginx"),
     ("haproxy", "/usr/sbin/haproxy"),
+    // The shared TLS session cache of the cluster tests (started by them).
+    ("redis-server", "/usr/bin/redis-server"),
 ];
 
 fn quiet(cmd: &mut Command) -> Result<bool> {

@@ -68,7 +68,7 @@ impl Drop for OpenGuard {
     }
 }
 
-async fn serve(plan: Plan, shared: Arc<Shared>, mut stop: watch::Receiver<bool>, drain: Duration) {
+async fn serve(plan: Plan, shared: Arc<Shared>, stop: watch::Receiver<bool>, drain: Duration) {
     let upstreams = Rc::new(Upstreams::default());
     let open = Rc::new(Open::default());
     let mut accepting = Vec::new();
@@ -101,11 +101,7 @@ async fn serve(plan: Plan, shared: Arc<Shared>, mut stop: watch::Receiver<bool>,
             Rc::clone(&open),
         )));
     }
-    while !*stop.borrow_and_update() {
-        if stop.changed().await.is_err() {
-            break;
-        }
-    }
+    stopped(stop).await;
     for a in &accepting {
         a.abort();
     }
@@ -207,14 +203,28 @@ async fn serve_connection(
         (Err(_), None, Mode::Tcp) => return tcp::close(stream).await,
     };
     let (client, _tls_held) = match &tls {
-        Some(t) => match super::handshake::run(stream, ctx, t).await {
-            Some((c, held)) => (c, Some(held)),
-            None => return,
+        // A handshake still running when the worker stops is dropped: it
+        // has no request to finish.
+        Some(t) => tokio::select! {
+            r = super::handshake::run(stream, ctx, t) => match r {
+                Some((c, held)) => (c, Some(held)),
+                None => return,
+            },
+            () = stopped(stop.clone()) => return,
         },
         None => (ClientStream::Plain(SendStream(stream)), None),
     };
     match mode {
         Mode::Http => http::serve(client, peer, Rc::clone(ctx), stop).await,
         Mode::Tcp => tcp::serve(client, peer, Rc::clone(ctx)).await,
+    }
+}
+
+/// Resolves once `stop` is (or turns) true, or its sender is gone.
+async fn stopped(mut stop: watch::Receiver<bool>) {
+    while !*stop.borrow_and_update() {
+        if stop.changed().await.is_err() {
+            return;
+        }
     }
 }

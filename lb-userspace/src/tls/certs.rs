@@ -67,8 +67,23 @@ pub struct SniResolver {
     exact: HashMap<String, Arc<CertifiedKey>>,
     /// `*.domain` patterns by `domain`, lower case.
     wildcard: HashMap<String, Arc<CertifiedKey>>,
+    /// The frontend's own certificate: served to the names it is valid for
+    /// (its subject alternative names) after the `sni` entries.
+    own: Option<Arc<CertifiedKey>>,
     /// For no SNI or no match; None: alert.
     default: Option<Arc<CertifiedKey>>,
+}
+
+/// Whether a certificate's leaf is valid for DNS name `name`.
+fn valid_for(key: &CertifiedKey, name: &str) -> bool {
+    let (Some(leaf), Ok(dns)) = (
+        key.cert.first(),
+        rustls_pki_types::ServerName::try_from(name),
+    ) else {
+        return false;
+    };
+    webpki::EndEntityCert::try_from(leaf)
+        .is_ok_and(|c| c.verify_is_valid_for_subject_name(&dns).is_ok())
 }
 
 impl SniResolver {
@@ -76,6 +91,7 @@ impl SniResolver {
     #[must_use]
     pub fn new(
         names: impl IntoIterator<Item = (String, Arc<CertifiedKey>)>,
+        own: Option<Arc<CertifiedKey>>,
         default: Option<Arc<CertifiedKey>>,
     ) -> Self {
         let mut exact = HashMap::new();
@@ -90,6 +106,7 @@ impl SniResolver {
         Self {
             exact,
             wildcard,
+            own,
             default,
         }
     }
@@ -107,6 +124,9 @@ impl SniResolver {
             if let Some(k) = self.wildcard.get(domain) {
                 return Some(Arc::clone(k));
             }
+        }
+        if let Some(own) = self.own.as_ref().filter(|k| valid_for(k, &name)) {
+            return Some(Arc::clone(own));
         }
         self.default.clone()
     }
@@ -248,6 +268,7 @@ mod tests {
                 ("*.w.test".to_owned(), Arc::clone(&w)),
             ],
             Some(Arc::clone(&d)),
+            Some(Arc::clone(&d)),
         );
         let is = |sni: Option<&str>, k: &Arc<CertifiedKey>| {
             r.pick(sni).is_some_and(|p| Arc::ptr_eq(&p, k))
@@ -256,8 +277,15 @@ mod tests {
         assert!(is(Some("x.w.test"), &w));
         assert!(is(Some("a.b.w.test"), &d), "a wildcard covers one label");
         assert!(is(None, &d));
-        let strict = SniResolver::new([("api.e.test".to_owned(), e)], None);
+        let strict = SniResolver::new([("api.e.test".to_owned(), e)], Some(Arc::clone(&d)), None);
         assert!(strict.pick(Some("other.test")).is_none());
+        assert!(
+            strict
+                .pick(Some("d.test"))
+                .is_some_and(|p| Arc::ptr_eq(&p, &d)),
+            "the frontend's own certificate serves its own names"
+        );
+        assert!(strict.pick(Some("x.d.test")).is_some(), "and its *.d.test");
         let _ = std::fs::remove_dir_all(dir);
     }
 }

@@ -83,8 +83,8 @@ fn resolver(tls: &crate::config::Tls, o: &TlsOptions) -> Result<certs::SniResolv
     for s in &o.sni {
         named.push((s.name.clone(), certs::load(&s.cert, &s.key)?));
     }
-    let default = (o.unknown_sni == UnknownSni::Default).then_some(own);
-    Ok(certs::SniResolver::new(named, default))
+    let default = (o.unknown_sni == UnknownSni::Default).then(|| Arc::clone(&own));
+    Ok(certs::SniResolver::new(named, Some(own), default))
 }
 
 impl FrontendTls {
