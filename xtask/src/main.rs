@@ -12,7 +12,9 @@
 //! - `bench proxy`: keep-alive HTTP requests/s, CPU per request and latency
 //!   at a fixed rate for lb, HAProxy and nginx, written to
 //!   `bench/results/proxy.md`.
-//! - `bench all`: both, xdp first.
+//! - `bench tls`: full and resumed TLS 1.3 handshakes/s and CPU per
+//!   handshake for lb, HAProxy and nginx, written to `bench/results/tls.md`.
+//! - `bench all`: all three, xdp, then proxy, then tls.
 //!
 //! Every command but `setup` runs `setup` first.
 
@@ -47,7 +49,7 @@ enum Cmd {
     Demo,
     /// Benchmarks; results go to bench/results/.
     Bench {
-        /// Which: `xdp`, `proxy` or `all` (xdp, then proxy).
+        /// Which: `xdp`, `proxy`, `tls` or `all` (xdp, then proxy, then tls).
         #[arg(default_value = "xdp")]
         which: String,
         /// Shorter runs (numbers only prove the harness works).
@@ -236,7 +238,7 @@ fn run_tool(obj: &Path, bin: &str, args: &[&str]) -> Result<()> {
     .with_context(|| format!("running {bin}"))
 }
 
-/// Runs benchmark `name` (`xdp` or `proxy`): `lb-bench-NAME --out PATH`.
+/// Runs benchmark `name` (`xdp`, `proxy` or `tls`): `lb-bench-NAME --out PATH`.
 fn bench_one(obj: &Path, name: &str, quick: bool) -> Result<()> {
     // A quick run proves the harness works; its numbers do not replace the
     // committed report.
@@ -266,8 +268,9 @@ fn main() -> Result<()> {
             let benches: &[&str] = match which.as_str() {
                 "xdp" => &["xdp"],
                 "proxy" => &["proxy"],
-                "all" => &["xdp", "proxy"],
-                other => bail!("unknown benchmark `{other}`; allowed: xdp, proxy, all"),
+                "tls" => &["tls"],
+                "all" => &["xdp", "proxy", "tls"],
+                other => bail!("unknown benchmark `{other}`; allowed: xdp, proxy, tls, all"),
             };
             let obj = build_ebpf()?;
             for &bench in benches {

@@ -202,6 +202,10 @@ pub fn generate(
     let cert = params
         .self_signed(&key)
         .map_err(|e| TlsError::Generate(e.to_string()))?;
+    std::fs::create_dir_all(dir).map_err(|e| TlsError::File {
+        path: dir.to_owned(),
+        what: format!("creating the directory: {e}"),
+    })?;
     let (cert_path, key_path) = (
         dir.join(format!("{name}.pem")),
         dir.join(format!("{name}.key")),
