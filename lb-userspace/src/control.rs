@@ -209,20 +209,22 @@ impl Control {
         if let Some(part) = not_live(&self.lock(), &next) {
             return Err(ChangeError::NotLive(part));
         }
-        let fresh: Vec<_> = next
+        // Every certificate read before anything changes.
+        let certs: Vec<_> = next
             .frontend
             .iter()
-            .map(|f| crate::tls::FrontendTls::build(f, None))
+            .map(crate::tls::FrontendTls::read_certs)
             .collect::<Result<_, _>>()
             .map_err(|e| ChangeError::Invalid(e.to_string()))?;
-        drop(fresh);
-        for (t, f) in self.tls.iter().zip(&next.frontend) {
-            if let Some(t) = t {
-                t.reload_certs(f)
-                    .map_err(|e| ChangeError::Invalid(e.to_string()))?;
+        let applied = self.apply(next, "SIGHUP");
+        if matches!(applied, Ok(()) | Err(ChangeError::Xdp(_))) {
+            for (t, r) in self.tls.iter().zip(certs) {
+                if let (Some(t), Some(r)) = (t, r) {
+                    t.put_certs(r);
+                }
             }
         }
-        self.apply(next, "SIGHUP")
+        applied
     }
 
     fn apply(&self, next: Config, by: &str) -> Result<(), ChangeError> {

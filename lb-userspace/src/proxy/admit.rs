@@ -6,9 +6,12 @@
 //! mode ([`super::http`]: 503, [`super::tcp`]: close).
 
 use super::FrontendCtx;
+use std::sync::Arc;
+
 use crate::limits::{
+    live::Scope,
     rate::try_take_all,
-    slots::{Permit, Refused},
+    slots::{ConnLimit, Permit, Refused},
     Axis, Level,
 };
 
@@ -33,21 +36,14 @@ pub struct ConnPermits(#[allow(dead_code, reason = "held for their Drop")] Vec<P
 /// The first level at its `maxConn`.
 pub async fn connection(ctx: &FrontendCtx) -> Result<ConnPermits, Refusal> {
     let [global, frontend, _] = ctx.shared.live.levels(ctx.index);
-    let mut held = Vec::with_capacity(2);
-    for scope in [global, frontend] {
-        match scope.conns.acquire().await {
-            Ok(p) => held.push(p),
-            Err(_) => {
-                return Err(refuse(
-                    ctx,
-                    scope.level,
-                    Axis::MaxConn,
-                    "too many connections",
-                ))
-            }
-        }
-    }
-    Ok(ConnPermits(held))
+    slots(
+        ctx,
+        &[global, frontend],
+        |s| &s.conns,
+        Axis::MaxConn,
+        "too many connections",
+    )
+    .await
 }
 
 /// Takes a `maxSslConn` slot at every level (TLS frontends).
@@ -55,18 +51,31 @@ pub async fn connection(ctx: &FrontendCtx) -> Result<ConnPermits, Refusal> {
 /// # Errors
 /// The first level at its `maxSslConn`.
 pub async fn ssl_connection(ctx: &FrontendCtx) -> Result<ConnPermits, Refusal> {
-    let mut held = Vec::with_capacity(3);
-    for scope in ctx.shared.live.levels(ctx.index) {
-        match scope.ssl_conns.acquire().await {
+    let levels = ctx.shared.live.levels(ctx.index);
+    slots(
+        ctx,
+        &levels,
+        |s| &s.ssl_conns,
+        Axis::MaxSslConn,
+        "too many TLS connections (fatal alert)",
+    )
+    .await
+}
+
+/// A slot of `limit` at each of `scopes`, or the refusal of the first
+/// that has none.
+async fn slots(
+    ctx: &FrontendCtx,
+    scopes: &[&Scope],
+    limit: fn(&Scope) -> &Arc<ConnLimit>,
+    axis: Axis,
+    why: &'static str,
+) -> Result<ConnPermits, Refusal> {
+    let mut held = Vec::with_capacity(scopes.len());
+    for scope in scopes {
+        match limit(scope).acquire().await {
             Ok(p) => held.push(p),
-            Err(_) => {
-                return Err(refuse(
-                    ctx,
-                    scope.level,
-                    Axis::MaxSslConn,
-                    "too many TLS connections (fatal alert)",
-                ))
-            }
+            Err(_) => return Err(refuse(ctx, scope.level, axis, why)),
         }
     }
     Ok(ConnPermits(held))

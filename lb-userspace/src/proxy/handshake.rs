@@ -76,6 +76,14 @@ impl HandshakeGate {
     }
 }
 
+/// Refuses a TLS connection whose ClientHello is still unread: the alert,
+/// then a clean close (what the client sent is drained first, so the
+/// kernel does not turn the close into a reset and hide the alert).
+pub async fn refuse(stream: TcpStream) {
+    send_raw(stream.as_raw_fd(), ALERT_INTERNAL_ERROR);
+    super::tcp::close(stream).await;
+}
+
 /// What a finished handshake holds until its connection ends.
 #[derive(Debug)]
 pub struct Held(#[allow(dead_code, reason = "held for its Drop")] admit::ConnPermits);
@@ -106,6 +114,9 @@ pub async fn run(
         }
         Ok(Ok(start)) => start,
     };
+    // At most two session lookups in the cluster's Redis for this
+    // handshake, however many identities its ClientHello offers.
+    crate::tls::cluster::allow_lookups(2);
     let Ok(permits) = admit::ssl_connection(ctx).await else {
         send_raw(fd, ALERT_INTERNAL_ERROR);
         return None;
@@ -132,12 +143,16 @@ pub async fn run(
     };
     let accept = start.into_stream(Arc::clone(&tls.config));
     let stream = match tokio::time::timeout_at(deadline, accept).await {
+        // A handshake that fails here may have cost the server its key
+        // exchange and signature: it is charged to maxSslRate as a full one.
         Err(_) => {
             bump(&tc.timeouts);
+            charge_full(ctx);
             return None;
         }
         Ok(Err(e)) => {
             bump(&tc.failed);
+            charge_full(ctx);
             tracing::debug!(frontend = %ctx.info().name, error = %e, "TLS handshake failed");
             return None;
         }
@@ -158,6 +173,11 @@ fn count(ctx: &FrontendCtx, tc: &TlsCounters, conn: &rustls::ServerConnection) {
         return;
     }
     tc.full.fetch_add(1, Relaxed);
+    charge_full(ctx);
+}
+
+/// Charges a full handshake to `maxSslRate` at every level.
+fn charge_full(ctx: &FrontendCtx) {
     for level in ctx.shared.live.levels(ctx.index) {
         level.ssl_rate.take();
     }

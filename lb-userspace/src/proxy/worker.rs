@@ -194,11 +194,7 @@ async fn serve_connection(
     let tls = ctx.info().tls.clone();
     let _held = match (super::admit::connection(ctx).await, &tls, mode) {
         (Ok(held), _, _) => held,
-        (Err(_), Some(_), _) => {
-            use std::os::fd::AsRawFd as _;
-            super::io::send_raw(stream.as_raw_fd(), super::handshake::ALERT_INTERNAL_ERROR);
-            return;
-        }
+        (Err(_), Some(_), _) => return super::handshake::refuse(stream).await,
         (Err(r), None, Mode::Http) => return http::refuse_connection(stream, ctx, r).await,
         (Err(_), None, Mode::Tcp) => return tcp::close(stream).await,
     };

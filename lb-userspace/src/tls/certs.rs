@@ -217,7 +217,11 @@ pub fn generate(
             .truncate(true)
             .mode(mode)
             .open(path)
-            .and_then(|mut f| f.write_all(text.as_bytes()))
+            .and_then(|mut f| {
+                // An existing file keeps its mode on open: set it.
+                std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(mode))?;
+                f.write_all(text.as_bytes())
+            })
             .map_err(|e| TlsError::File {
                 path: path.to_owned(),
                 what: format!("writing: {e}"),

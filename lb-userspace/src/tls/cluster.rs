@@ -7,7 +7,13 @@
 //! Redis is a help, never a dependency: every call has a short timeout;
 //! when Redis does not answer, handshakes go on as full ones (a cache miss),
 //! `lb` logs the outage once and retries at most once a second, and logs
-//! again when Redis is back. One connection is shared by the workers.
+//! again when Redis is back. One connection is shared by the workers, and a
+//! worker never waits for another's call: if the connection is busy, the
+//! lookup is a miss. A handshake makes at most [`allow_lookups`] lookups, so
+//! a ClientHello full of session ids cannot hold its worker for long.
+//!
+//! The values stored are rustls' serialized sessions, secrets included:
+//! keep Redis on a private network, reachable only by the nodes.
 
 use std::{
     sync::{
@@ -20,7 +26,34 @@ use std::{
 use super::{cache::Backend, TlsError};
 
 /// How long a connect, read or write to Redis may take.
-const TIMEOUT: Duration = Duration::from_millis(100);
+const TIMEOUT: Duration = Duration::from_millis(50);
+
+thread_local! {
+    /// Backend lookups the current handshake on this thread may still make.
+    static LOOKUPS: std::cell::Cell<u8> = const { std::cell::Cell::new(0) };
+}
+
+/// Lets the handshake about to run on this thread make `n` lookups.
+pub fn allow_lookups(n: u8) {
+    LOOKUPS.with(|l| l.set(n));
+}
+
+/// Spends one lookup of the current handshake; false when none is left.
+fn spend_lookup() -> bool {
+    LOOKUPS.with(|l| {
+        let n = l.get();
+        l.set(n.saturating_sub(1));
+        n > 0
+    })
+}
+
+/// `url` without a user name or password, for logs and the status page.
+fn redact(url: &str) -> String {
+    match (url.split_once("://"), url.rsplit_once('@')) {
+        (Some((scheme, _)), Some((_, host))) => format!("{scheme}://{host}"),
+        _ => url.to_owned(),
+    }
+}
 /// How long after a failure the next connect is tried.
 const RETRY: Duration = Duration::from_secs(1);
 
@@ -66,10 +99,13 @@ impl Redis {
     pub fn new(url: &str) -> Result<Arc<Self>, TlsError> {
         let client = redis::Client::open(url).map_err(|e| TlsError::Options {
             frontend: "[cluster]".into(),
-            why: format!("redis = \"{url}\": {e}; allowed: redis://HOST:PORT[/DB]"),
+            why: format!(
+                "redis = \"{}\": {e}; allowed: redis://[:PASSWORD@]HOST:PORT[/DB]",
+                redact(url)
+            ),
         })?;
         Ok(Arc::new(Self {
-            url: url.to_owned(),
+            url: redact(url),
             client,
             conn: Mutex::new(None),
             retry_at: Mutex::new(None),
@@ -127,7 +163,12 @@ impl Redis {
     /// down or the call failed. A call that fails on an old connection
     /// (Redis restarted) is tried once more on a new one at once.
     fn call<T>(&self, f: impl Fn(&mut redis::Connection) -> redis::RedisResult<T>) -> Option<T> {
-        let mut conn = self.conn.lock().unwrap_or_else(PoisonError::into_inner);
+        // Busy with another worker's call: a miss, not a wait.
+        let mut conn = match self.conn.try_lock() {
+            Ok(c) => c,
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return None,
+        };
         let mut fresh = false;
         for _ in 0..2 {
             if conn.is_none() {
@@ -209,6 +250,9 @@ impl Backend for SessionBackend {
     }
 
     fn get(&self, key: &[u8]) -> Option<Vec<u8>> {
+        if !spend_lookup() {
+            return None;
+        }
         let k = self.key(key);
         self.redis
             .call(|c| redis::cmd("GET").arg(&k).query::<Option<Vec<u8>>>(c))
@@ -216,9 +260,33 @@ impl Backend for SessionBackend {
     }
 
     fn take(&self, key: &[u8]) -> Option<Vec<u8>> {
+        if !spend_lookup() {
+            return None;
+        }
         let k = self.key(key);
         self.redis
             .call(|c| redis::cmd("GETDEL").arg(&k).query::<Option<Vec<u8>>>(c))
             .flatten()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_never_reach_logs_or_the_status_page() {
+        assert_eq!(
+            redact("redis://:s3cret@10.0.0.5:6379/0"),
+            "redis://10.0.0.5:6379/0"
+        );
+        assert_eq!(redact("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
+    }
+
+    #[test]
+    fn a_handshake_makes_at_most_the_lookups_it_is_allowed() {
+        allow_lookups(2);
+        assert!(spend_lookup() && spend_lookup());
+        assert!(!spend_lookup());
     }
 }

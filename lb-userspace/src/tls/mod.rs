@@ -76,6 +76,14 @@ pub struct FrontendTls {
     pub certs: Arc<certs::CertStore>,
 }
 
+/// A frontend's `tlsOptions`, or the defaults.
+fn options(f: &Frontend) -> &TlsOptions {
+    static DEFAULTS: std::sync::OnceLock<TlsOptions> = std::sync::OnceLock::new();
+    f.tls_options
+        .as_ref()
+        .unwrap_or_else(|| DEFAULTS.get_or_init(TlsOptions::default))
+}
+
 /// Reads a frontend's certificates: its own and its `sni` entries.
 fn resolver(tls: &crate::config::Tls, o: &TlsOptions) -> Result<certs::SniResolver, TlsError> {
     let own = certs::load(&tls.cert, &tls.key)?;
@@ -100,8 +108,7 @@ impl FrontendTls {
         let Some(tls) = &f.tls else {
             return Ok(None);
         };
-        let defaults = TlsOptions::default();
-        let o = f.tls_options.as_ref().unwrap_or(&defaults);
+        let o = options(f);
         let store = Arc::new(certs::CertStore::new(resolver(tls, o)?));
 
         let mut p = provider::default_provider();
@@ -188,22 +195,23 @@ impl FrontendTls {
         }))
     }
 
-    /// Reads the certificate files again (same paths) and puts them in
-    /// force for new handshakes; sessions, tickets and connections stay.
+    /// Reads frontend `f`'s certificate files (its `tls` and `sni`
+    /// entries) into a resolver, without putting it in force; None for a
+    /// plain frontend.
     ///
     /// # Errors
-    /// A file is refused; the certificates in force stay.
-    pub fn reload_certs(&self, f: &Frontend) -> Result<(), TlsError> {
+    /// A file is refused.
+    pub fn read_certs(f: &Frontend) -> Result<Option<certs::SniResolver>, TlsError> {
         let Some(tls) = &f.tls else {
-            return Ok(());
+            return Ok(None);
         };
-        let defaults = TlsOptions::default();
-        let o = f.tls_options.as_ref().unwrap_or(&defaults);
-        self.certs.replace(resolver(tls, o)?);
-        if let Some(t) = &self.tickets {
-            t.reload_if_changed();
-        }
-        Ok(())
+        resolver(tls, options(f)).map(Some)
+    }
+
+    /// Puts certificates read by [`Self::read_certs`] in force for new
+    /// handshakes; sessions, tickets and connections stay.
+    pub fn put_certs(&self, r: certs::SniResolver) {
+        self.certs.replace(r);
     }
 }
 
