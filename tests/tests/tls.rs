@@ -844,3 +844,152 @@ fn max_ssl_conn_refuses_a_tls_connection_over_it_with_a_fatal_alert() {
     assert_eq!(f["tls"]["full"], 2, "{f}");
     assert_eq!(lb.stop(libc::SIGTERM).expect("exit"), Some(0));
 }
+
+#[test]
+fn bad_input_ends_only_its_own_connection() {
+    let _serial = serial();
+    let dir = ScratchDir::new("lb-tls");
+    let b = backend();
+    let pair = cert_gen(&dir, "lb.test");
+    let (port, admin) = (free_addr("127.0.0.1"), free_addr("127.0.0.1"));
+    let mut lb = start(
+        &dir,
+        "lb.toml",
+        "",
+        &one_frontend(
+            admin,
+            port,
+            &pair,
+            &b,
+            "[frontend.tlsOptions]\nhandshakeTimeout = \"1s\"",
+        ),
+    );
+    // A client that stalls mid-handshake stays open meanwhile.
+    let mut stall = stalled(port);
+    // Garbage instead of a ClientHello: that connection ends, counted.
+    let mut junk = TcpStream::connect(port).expect("connect");
+    junk.write_all(&[0x16, 0x03, 0x01, 0x00, 0x05, 0xde, 0xad, 0xbe, 0xef, 0x00])
+        .expect("send");
+    let (_, ended) = read_for(&mut junk, Duration::from_secs(3));
+    assert!(ended, "the garbage connection is closed");
+    // A ClientHello split into 5-byte segments is still a ClientHello.
+    let hello = client_hello();
+    let mut split = TcpStream::connect(port).expect("connect");
+    split.set_nodelay(true).expect("nodelay");
+    for chunk in hello.chunks(5) {
+        split.write_all(chunk).expect("send");
+        thread::sleep(Duration::from_millis(2));
+    }
+    assert_eq!(
+        first_byte(&mut split, Duration::from_secs(3)),
+        Some(0x16),
+        "a ServerHello for the split ClientHello"
+    );
+    // Others are served all along.
+    assert_eq!(https(port, &[]).status, 200);
+    let (_, closed) = read_for(&mut stall, Duration::from_secs(3));
+    assert!(
+        closed,
+        "the stalled handshake is aborted at handshakeTimeout"
+    );
+    let t = tls_of(admin, "web");
+    assert_eq!(t["failed"], 1, "the garbage: {t}");
+    assert!(t["timeouts"].as_u64() >= Some(1), "the stall: {t}");
+    drop(split);
+    assert_eq!(lb.stop(libc::SIGTERM).expect("exit"), Some(0));
+}
+
+#[test]
+fn sighup_puts_new_certificates_in_force_and_refuses_a_mismatched_key() {
+    let _serial = serial();
+    let dir = ScratchDir::new("lb-tls");
+    let b = backend();
+    let pair = cert_gen(&dir, "lb.test");
+    let (port, admin) = (free_addr("127.0.0.1"), free_addr("127.0.0.1"));
+    let mut lb = start(
+        &dir,
+        "lb.toml",
+        "",
+        &one_frontend(admin, port, &pair, &b, ""),
+    );
+    let serial_of = || {
+        let (code, out) = s_client(0, port, "lb.test", &["-showcerts"], Duration::ZERO);
+        assert_eq!(code, 0, "{out}");
+        let pem: String = out
+            .lines()
+            .skip_while(|l| !l.starts_with("-----BEGIN CERTIFICATE"))
+            .take_while(|l| !l.starts_with("-----END CERTIFICATE"))
+            .collect();
+        pem
+    };
+    let before = serial_of();
+    // Overwrite the pair with a new one, SIGHUP: new handshakes get it.
+    let other = ScratchDir::new("lb-tls-new");
+    let fresh = cert_gen(&other, "lb.test");
+    std::fs::copy(&fresh.0, &pair.0).expect("copy cert");
+    std::fs::copy(&fresh.1, &pair.1).expect("copy key");
+    let hup = |lb: &Lb| {
+        // SAFETY: a plain kill(2) of our own child.
+        unsafe { libc::kill(i32::try_from(lb.pid()).expect("pid"), libc::SIGHUP) };
+    };
+    hup(&lb);
+    assert!(
+        wait_for(Duration::from_secs(3), || lb
+            .log()
+            .contains("SIGHUP: configuration reloaded")),
+        "{}",
+        lb.log()
+    );
+    let after = serial_of();
+    assert_ne!(before, after, "the new certificate is served");
+    // A key that is not the certificate's: refused, the old pair stays.
+    let stray = cert_gen(&other, "stray.test");
+    std::fs::copy(&stray.1, &pair.1).expect("copy key");
+    hup(&lb);
+    assert!(
+        wait_for(Duration::from_secs(3), || lb
+            .log()
+            .contains("reload refused")),
+        "{}",
+        lb.log()
+    );
+    assert!(lb.log().contains("do not match"), "{}", lb.log());
+    assert_eq!(serial_of(), after, "the certificate in force stays");
+    assert_eq!(https(port, &[]).status, 200);
+    assert_eq!(lb.stop(libc::SIGTERM).expect("exit"), Some(0));
+}
+
+#[test]
+fn cipher_suites_and_groups_are_what_the_frontend_allows() {
+    let _serial = serial();
+    let dir = ScratchDir::new("lb-tls");
+    let b = backend();
+    let pair = cert_gen(&dir, "lb.test");
+    let (port, admin) = (free_addr("127.0.0.1"), free_addr("127.0.0.1"));
+    let opts = "[frontend.tlsOptions]\nversions = [\"1.3\"]\n\
+                cipherSuites = [\"TLS13_CHACHA20_POLY1305_SHA256\"]\ngroups = [\"secp384r1\"]";
+    let mut lb = start(
+        &dir,
+        "lb.toml",
+        "",
+        &one_frontend(admin, port, &pair, &b, opts),
+    );
+    let (code, out) = s_client(
+        0,
+        port,
+        "lb.test",
+        &["-groups", "secp384r1"],
+        Duration::ZERO,
+    );
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("TLS_CHACHA20_POLY1305_SHA256"),
+        "the one suite: {out}"
+    );
+    let (code, out) = s_client(0, port, "lb.test", &["-groups", "X25519"], Duration::ZERO);
+    assert_ne!(code, 0, "X25519 is not allowed here: {out}");
+    let (code, out) = s_client(0, port, "lb.test", &["-tls1_2"], Duration::ZERO);
+    assert_ne!(code, 0, "TLS 1.2 is not allowed here: {out}");
+    assert!(tls_of(admin, "web")["failed"].as_u64() >= Some(2));
+    assert_eq!(lb.stop(libc::SIGTERM).expect("exit"), Some(0));
+}
