@@ -10,6 +10,7 @@ pub mod harness;
 pub mod lb;
 pub mod netns;
 pub mod packet;
+pub mod peers;
 pub mod report;
 
 use std::{

@@ -17,13 +17,16 @@ use std::{
     fmt::Write as _,
     io::{Read as _, Write as _},
     net::{SocketAddr, TcpListener, TcpStream},
-    os::unix::process::CommandExt as _,
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::Command,
     time::{Duration, Instant},
 };
 
 use anyhow::{bail, ensure, Context as _, Result};
+use lb_tests::peers::{
+    argv, background_load, busy_pct, cpu_ticks, nginx_argv, shell_line, stat_fields, Daemon,
+    Scratch,
+};
 use lb_tests::{
     harness::pin_to_cpu,
     report::{clk_tck, cpu_and_kernel, first_line, summarize, Summary},
@@ -275,145 +278,6 @@ fn lb_toml() -> String {
 
 // ---- child processes -----------------------------------------------------
 
-/// The run's temporary directory (`<tmp>/lb-bench-proxy-<pid>`): configs,
-/// pid and log files. Removed on drop.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new() -> Result<Self> {
-        let dir = std::env::temp_dir().join(format!("lb-bench-proxy-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        Ok(Self(dir))
-    }
-
-    fn write(&self, name: &str, text: &str) -> Result<PathBuf> {
-        let path = self.0.join(name);
-        std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
-        Ok(path)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// A command line, kept as text for the report.
-fn shell_line(argv: &[String]) -> String {
-    argv.iter()
-        .map(|a| {
-            if a.is_empty() || a.contains([' ', ';', '\'', '"', '$']) {
-                format!("'{}'", a.replace('\'', r"'\''"))
-            } else {
-                a.clone()
-            }
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
-/// A process this program started (through `taskset`, which execs it: same
-/// pid). Dropping it sends SIGTERM, then SIGKILL after 5 s, to that pid only.
-struct Daemon {
-    name: &'static str,
-    child: Child,
-    log: PathBuf,
-    cmdline: String,
-}
-
-impl Daemon {
-    /// Starts `taskset -c CPU ARGV...` with stdout and stderr in `NAME.log`.
-    fn spawn(name: &'static str, cpu: usize, argv: &[String], dir: &Scratch) -> Result<Self> {
-        let log = dir.0.join(format!("{name}.log"));
-        let file = std::fs::File::create(&log)?;
-        let mut full = vec!["taskset".to_owned(), "-c".to_owned(), cpu.to_string()];
-        full.extend_from_slice(argv);
-        let mut cmd = Command::new(&full[0]);
-        cmd.args(&full[1..])
-            .current_dir(&dir.0)
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
-            .stdout(file.try_clone()?)
-            .stderr(file);
-        // SAFETY: prctl is async-signal-safe; it only sets a flag of the child.
-        // If this program dies without unwinding, the child gets SIGTERM.
-        unsafe {
-            cmd.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
-                Ok(())
-            });
-        }
-        let child = cmd
-            .spawn()
-            .with_context(|| format!("starting {name}: {}", shell_line(&full)))?;
-        Ok(Self {
-            name,
-            child,
-            log,
-            cmdline: shell_line(&full),
-        })
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// Waits (up to 15 s) until `port` accepts and, if given, the log holds
-    /// `needle`.
-    fn wait_ready(&mut self, port: u16, needle: Option<&str>) -> Result<()> {
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while Instant::now() < deadline {
-            if let Some(status) = self.child.try_wait()? {
-                bail!(
-                    "{} exited ({status}) before it was ready: {}\n{}",
-                    self.name,
-                    self.cmdline,
-                    self.log_text()
-                );
-            }
-            let listening = TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok();
-            if listening && needle.is_none_or(|n| self.log_text().contains(n)) {
-                return Ok(());
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        bail!(
-            "{} not ready on {addr} after 15 s: {}\n{}",
-            self.name,
-            self.cmdline,
-            self.log_text()
-        )
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if !matches!(self.child.try_wait(), Ok(None)) {
-            return;
-        }
-        if let Ok(pid) = i32::try_from(self.child.id()) {
-            // SAFETY: signalling our own child, which has not been reaped.
-            unsafe { libc::kill(pid, libc::SIGTERM) };
-        }
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if !matches!(self.child.try_wait(), Ok(None)) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        eprintln!("bench proxy: {} ignored SIGTERM; killing it", self.name);
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// The backends and the peers, stopped in reverse order of starting.
 #[derive(Default)]
 struct Fleet {
@@ -446,25 +310,6 @@ impl Drop for Fleet {
             drop(d);
         }
     }
-}
-
-fn argv(parts: &[&str]) -> Vec<String> {
-    parts.iter().map(|&s| s.to_owned()).collect()
-}
-
-fn nginx_argv(dir: &Scratch, conf: &Path, name: &str) -> Vec<String> {
-    let prefix = format!("{}/", dir.0.display());
-    argv(&[
-        "/usr/sbin/nginx",
-        "-g",
-        "daemon off;",
-        "-p",
-        &prefix,
-        "-e",
-        &format!("{name}.error.log"),
-        "-c",
-        &conf.to_string_lossy(),
-    ])
 }
 
 fn lb_bin() -> Result<PathBuf> {
@@ -557,19 +402,6 @@ fn check_answers(t: Target) -> Result<()> {
 
 // ---- CPU accounting ------------------------------------------------------
 
-/// The fields of /proc/PID/stat after the command name: field 3 (state)
-/// is index 0.
-fn stat_fields(pid: u32) -> Option<Vec<u64>> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = &text[text.rfind(')')? + 1..];
-    // The state is a letter: count it as 0.
-    Some(
-        rest.split_whitespace()
-            .map(|f| f.parse().unwrap_or(0))
-            .collect(),
-    )
-}
-
 /// utime + stime, in clock ticks, of `pid` and its descendants (nginx's
 /// worker is a child of its master). /proc/PID/stat sums all threads.
 fn tree_ticks(pid: u32) -> Result<u64> {
@@ -596,52 +428,6 @@ fn tree_ticks(pid: u32) -> Result<u64> {
         ticks += f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0);
     }
     Ok(ticks)
-}
-
-/// One CPU's busy and softirq time, in clock ticks, from /proc/stat.
-#[derive(Clone, Copy)]
-struct CpuTicks {
-    busy: u64,
-    softirq: u64,
-    total: u64,
-}
-
-fn cpu_ticks(cpu: usize) -> Result<CpuTicks> {
-    let stat = std::fs::read_to_string("/proc/stat").context("reading /proc/stat")?;
-    let prefix = format!("cpu{cpu} ");
-    let line = stat
-        .lines()
-        .find(|l| l.starts_with(&prefix))
-        .with_context(|| format!("no cpu{cpu} line in /proc/stat"))?;
-    // user nice system idle iowait irq softirq steal (guest is inside user).
-    // Steal (the hypervisor ran something else) is wall time, not work here.
-    let v: Vec<u64> = line
-        .split_whitespace()
-        .skip(1)
-        .take(8)
-        .map(|x| x.parse().unwrap_or(0))
-        .collect();
-    ensure!(v.len() == 8, "short cpu{cpu} line: {line}");
-    let busy = v[0] + v[1] + v[2] + v[5] + v[6];
-    Ok(CpuTicks {
-        busy,
-        softirq: v[6],
-        total: busy + v[3] + v[4] + v[7],
-    })
-}
-
-/// Busy share of a CPU between two readings, in %.
-fn busy_pct(a: CpuTicks, b: CpuTicks) -> f64 {
-    100.0 * (b.busy - a.busy) as f64 / (b.total - a.total).max(1) as f64
-}
-
-/// Busy % of CPU 0 and CPU 1 over one second before anything starts: other
-/// work on this machine, which the figures cannot tell from the peers'.
-fn background_load() -> Result<[f64; 2]> {
-    let before = [cpu_ticks(PROXY_CPU)?, cpu_ticks(LOAD_CPU)?];
-    std::thread::sleep(Duration::from_secs(1));
-    let after = [cpu_ticks(PROXY_CPU)?, cpu_ticks(LOAD_CPU)?];
-    Ok([0, 1].map(|i| busy_pct(before[i], after[i])))
 }
 
 // ---- saturation: wrk -----------------------------------------------------
@@ -1583,7 +1369,7 @@ fn main() -> Result<()> {
         );
     }
     let plan = Plan::new(o.quick);
-    let background = background_load()?;
+    let background = background_load([PROXY_CPU, LOAD_CPU])?;
     if background[0].max(background[1]) > BACKGROUND_LIMIT {
         eprintln!(
             "bench proxy: WARNING: CPU {PROXY_CPU} is {:.0}% and CPU {LOAD_CPU} {:.0}% busy before \
@@ -1591,7 +1377,7 @@ fn main() -> Result<()> {
             background[0], background[1]
         );
     }
-    let dir = Scratch::new()?;
+    let dir = Scratch::new("lb-bench-proxy")?;
     eprintln!(
         "bench proxy: starting the backends and peers in {}",
         dir.0.display()

@@ -1,0 +1,266 @@
+//! What the benchmarks (`lb-bench-proxy`, `lb-bench-tls`) share: a scratch
+//! directory, the peers they start and stop by pid ([`Daemon`]), and CPU time
+//! read from /proc.
+
+use std::{
+    net::{SocketAddr, TcpStream},
+    os::unix::process::CommandExt as _,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, ensure, Context as _, Result};
+
+/// The run's temporary directory (`<tmp>/lb-bench-proxy-<pid>`): configs,
+/// pid and log files. Removed on drop.
+pub struct Scratch(pub PathBuf);
+
+impl Scratch {
+    /// Creates `<tmp>/<prefix>-<pid>`.
+    ///
+    /// # Errors
+    /// The directory cannot be made.
+    pub fn new(prefix: &str) -> Result<Self> {
+        let dir = std::env::temp_dir().join(format!("{prefix}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        Ok(Self(dir))
+    }
+
+    /// Writes `text` to `name` in it.
+    ///
+    /// # Errors
+    /// The file cannot be written.
+    pub fn write(&self, name: &str, text: &str) -> Result<PathBuf> {
+        let path = self.0.join(name);
+        std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+        Ok(path)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A command line, kept as text for the report.
+#[must_use]
+pub fn shell_line(argv: &[String]) -> String {
+    argv.iter()
+        .map(|a| {
+            if a.is_empty() || a.contains([' ', ';', '\'', '"', '$']) {
+                format!("'{}'", a.replace('\'', r"'\''"))
+            } else {
+                a.clone()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// A process this program started (through `taskset`, which execs it: same
+/// pid). Dropping it sends SIGTERM, then SIGKILL after 5 s, to that pid only.
+pub struct Daemon {
+    /// What it is, in messages.
+    pub name: &'static str,
+    child: Child,
+    log: PathBuf,
+    /// Its command line, for the report.
+    pub cmdline: String,
+}
+
+impl Daemon {
+    /// Starts `taskset -c CPU ARGV...` with stdout and stderr in `NAME.log`.
+    ///
+    /// # Errors
+    /// It cannot be started.
+    pub fn spawn(name: &'static str, cpu: usize, argv: &[String], dir: &Scratch) -> Result<Self> {
+        let log = dir.0.join(format!("{name}.log"));
+        let file = std::fs::File::create(&log)?;
+        let mut full = vec!["taskset".to_owned(), "-c".to_owned(), cpu.to_string()];
+        full.extend_from_slice(argv);
+        let mut cmd = Command::new(&full[0]);
+        cmd.args(&full[1..])
+            .current_dir(&dir.0)
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(file.try_clone()?)
+            .stderr(file);
+        // SAFETY: prctl is async-signal-safe; it only sets a flag of the child.
+        // If this program dies without unwinding, the child gets SIGTERM.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+                Ok(())
+            });
+        }
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("starting {name}: {}", shell_line(&full)))?;
+        Ok(Self {
+            name,
+            child,
+            log,
+            cmdline: shell_line(&full),
+        })
+    }
+
+    /// Its pid.
+    #[must_use]
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Everything it logged so far.
+    #[must_use]
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits (up to 15 s) until `port` accepts and, if given, the log holds
+    /// `needle`.
+    ///
+    /// # Errors
+    /// It exited, or was not ready in time.
+    pub fn wait_ready(&mut self, port: u16, needle: Option<&str>) -> Result<()> {
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait()? {
+                bail!(
+                    "{} exited ({status}) before it was ready: {}\n{}",
+                    self.name,
+                    self.cmdline,
+                    self.log_text()
+                );
+            }
+            let listening = TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok();
+            if listening && needle.is_none_or(|n| self.log_text().contains(n)) {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        bail!(
+            "{} not ready on {addr} after 15 s: {}\n{}",
+            self.name,
+            self.cmdline,
+            self.log_text()
+        )
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if !matches!(self.child.try_wait(), Ok(None)) {
+            return;
+        }
+        if let Ok(pid) = i32::try_from(self.child.id()) {
+            // SAFETY: signalling our own child, which has not been reaped.
+            unsafe { libc::kill(pid, libc::SIGTERM) };
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if !matches!(self.child.try_wait(), Ok(None)) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        eprintln!("bench: {} ignored SIGTERM; killing it", self.name);
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Owned arguments.
+#[must_use]
+pub fn argv(parts: &[&str]) -> Vec<String> {
+    parts.iter().map(|&s| s.to_owned()).collect()
+}
+
+/// `nginx` in the foreground with its prefix in `dir` and config `conf`.
+#[must_use]
+pub fn nginx_argv(dir: &Scratch, conf: &Path, name: &str) -> Vec<String> {
+    let prefix = format!("{}/", dir.0.display());
+    argv(&[
+        "/usr/sbin/nginx",
+        "-g",
+        "daemon off;",
+        "-p",
+        &prefix,
+        "-e",
+        &format!("{name}.error.log"),
+        "-c",
+        &conf.to_string_lossy(),
+    ])
+}
+
+/// The fields of /proc/PID/stat after the command name: field 3 (state)
+/// is index 0.
+#[must_use]
+pub fn stat_fields(pid: u32) -> Option<Vec<u64>> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &text[text.rfind(')')? + 1..];
+    // The state is a letter: count it as 0.
+    Some(
+        rest.split_whitespace()
+            .map(|f| f.parse().unwrap_or(0))
+            .collect(),
+    )
+}
+
+/// One CPU's busy and softirq time, in clock ticks, from /proc/stat.
+#[derive(Clone, Copy)]
+pub struct CpuTicks {
+    /// user + nice + system + irq + softirq.
+    pub busy: u64,
+    /// softirq.
+    pub softirq: u64,
+    /// busy + idle + iowait + steal.
+    pub total: u64,
+}
+
+///
+/// # Errors
+/// /proc/stat cannot be read.
+pub fn cpu_ticks(cpu: usize) -> Result<CpuTicks> {
+    let stat = std::fs::read_to_string("/proc/stat").context("reading /proc/stat")?;
+    let prefix = format!("cpu{cpu} ");
+    let line = stat
+        .lines()
+        .find(|l| l.starts_with(&prefix))
+        .with_context(|| format!("no cpu{cpu} line in /proc/stat"))?;
+    // user nice system idle iowait irq softirq steal (guest is inside user).
+    // Steal (the hypervisor ran something else) is wall time, not work here.
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .take(8)
+        .map(|x| x.parse().unwrap_or(0))
+        .collect();
+    ensure!(v.len() == 8, "short cpu{cpu} line: {line}");
+    let busy = v[0] + v[1] + v[2] + v[5] + v[6];
+    Ok(CpuTicks {
+        busy,
+        softirq: v[6],
+        total: busy + v[3] + v[4] + v[7],
+    })
+}
+
+/// Busy share of a CPU between two readings, in %.
+#[must_use]
+pub fn busy_pct(a: CpuTicks, b: CpuTicks) -> f64 {
+    100.0 * (b.busy - a.busy) as f64 / (b.total - a.total).max(1) as f64
+}
+
+/// Busy % of CPU 0 and CPU 1 over one second before anything starts: other
+/// work on this machine, which the figures cannot tell from the peers'.
+///
+/// # Errors
+/// /proc/stat cannot be read.
+pub fn background_load([proxy, load]: [usize; 2]) -> Result<[f64; 2]> {
+    let before = [cpu_ticks(proxy)?, cpu_ticks(load)?];
+    std::thread::sleep(Duration::from_secs(1));
+    let after = [cpu_ticks(proxy)?, cpu_ticks(load)?];
+    Ok([0, 1].map(|i| busy_pct(before[i], after[i])))
+}
