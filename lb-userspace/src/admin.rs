@@ -76,7 +76,8 @@ pub struct FrontendStatus {
     /// The session cache (TLS frontends with one).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls_cache: Option<crate::tls::cache::CacheStats>,
-    /// The ticket key file (TLS frontends with `ticketKeys`).
+    /// The shared ticket keys: a `ticketKeys` file, or the farm's in Redis
+    /// (cluster mode).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls_tickets: Option<crate::tls::tickets::TicketStats>,
 }

@@ -84,11 +84,16 @@ enum CertCmd {
 #[derive(Subcommand)]
 enum TlsCmd {
     /// Put a fresh random key first in a ticket key file (creating it, mode
-    /// 0600): it encrypts from now on, the previous keys still decrypt. A
-    /// running `lb` picks the file up within a second or two.
+    /// 0600), or in the farm's key set in Redis: it encrypts from now on,
+    /// the previous keys still decrypt. A running `lb` picks it up within a
+    /// second or two.
     RotateKeys {
         /// The ticket key file (`tlsOptions.ticketKeys`).
-        file: PathBuf,
+        #[arg(required_unless_present = "redis", conflicts_with = "redis")]
+        file: Option<PathBuf>,
+        /// Rotate the farm's keys in this Redis instead (`[cluster] redis`).
+        #[arg(long, value_name = "URL")]
+        redis: Option<String>,
         /// Keys kept in all, the new one included.
         #[arg(long, default_value_t = 3)]
         keep: usize,
@@ -159,20 +164,41 @@ fn main() -> ExitCode {
             }
         },
         Cmd::Tls {
-            cmd: TlsCmd::RotateKeys { file, keep },
-        } => match lb::tls::tickets::rotate(&file, keep) {
-            Ok(()) => {
-                println!(
-                    "{}: a new key encrypts; {keep} kept at most",
-                    file.display()
-                );
-                ExitCode::SUCCESS
+            cmd: TlsCmd::RotateKeys { file, redis, keep },
+        } => {
+            let done = match (&file, &redis) {
+                (Some(file), _) => lb::tls::tickets::rotate(file, keep)
+                    .map(|()| {
+                        format!(
+                            "{}: a new key encrypts; {keep} kept at most",
+                            file.display()
+                        )
+                    })
+                    .map_err(|e| e.to_string()),
+                (None, Some(url)) => lb::tls::farm::rotate_now(url, keep)
+                    .map(|keys| {
+                        format!(
+                            "{} in {}: key {} encrypts; {} key(s) decrypt",
+                            lb::tls::farm::KEYS,
+                            lb::tls::cluster::redact(url),
+                            keys.encrypting(),
+                            keys.len()
+                        )
+                    })
+                    .map_err(|e| e.to_string()),
+                (None, None) => Err("name a key FILE or --redis URL".to_owned()),
+            };
+            match done {
+                Ok(said) => {
+                    println!("{said}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("lb tls rotate-keys: {e}");
+                    ExitCode::FAILURE
+                }
             }
-            Err(e) => {
-                eprintln!("lb tls rotate-keys: {e}");
-                ExitCode::FAILURE
-            }
-        },
+        }
         Cmd::Janitor { instance: name } => {
             instance::run_janitor(&name);
             ExitCode::SUCCESS

@@ -12,6 +12,7 @@ pub mod netns;
 pub mod packet;
 pub mod peers;
 pub mod report;
+pub mod tls;
 
 use std::{
     net::SocketAddr,

@@ -28,14 +28,10 @@ use lb_tests::{
     client::{curl, free_addr, frontend_in, status, Reply},
     harness::pin_to_cpu,
     lb::{lb_cmd, Lb},
+    tls::any_cert,
     unique_tag, ScratchDir,
 };
-use rustls::{
-    client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier},
-    crypto::CryptoProvider,
-    pki_types::{CertificateDer, ServerName, UnixTime},
-    DigitallySignedStruct, SignatureScheme,
-};
+use rustls::pki_types::ServerName;
 use serde_json::Value;
 
 /// The record lb sends over a limit: a fatal alert `internal_error`.
@@ -223,46 +219,6 @@ fn subject(out: &str) -> Option<&str> {
     out.lines().find(|l| l.starts_with("subject="))
 }
 
-/// A verifier that accepts any certificate: these clients test limits, not
-/// trust.
-#[derive(Debug)]
-struct AcceptAnything(Arc<CryptoProvider>);
-
-impl ServerCertVerifier for AcceptAnything {
-    fn verify_server_cert(
-        &self,
-        _: &CertificateDer<'_>,
-        _: &[CertificateDer<'_>],
-        _: &ServerName<'_>,
-        _: &[u8],
-        _: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        _: &[u8],
-        _: &CertificateDer<'_>,
-        _: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Ok(HandshakeSignatureValid::assertion())
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        _: &[u8],
-        _: &CertificateDer<'_>,
-        _: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Ok(HandshakeSignatureValid::assertion())
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
-}
-
 /// A rustls client for `lb.test` that trusts anything.
 fn rustls_client() -> rustls::ClientConnection {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
@@ -270,7 +226,7 @@ fn rustls_client() -> rustls::ClientConnection {
         .with_safe_default_protocol_versions()
         .expect("versions")
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AcceptAnything(provider)))
+        .with_custom_certificate_verifier(any_cert(false))
         .with_no_client_auth();
     let name = ServerName::try_from("lb.test").expect("a DNS name");
     rustls::ClientConnection::new(Arc::new(config), name).expect("client")

@@ -223,8 +223,27 @@ pub struct Admin {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Cluster {
-    /// Redis URL, `redis://host:port`.
+    /// Redis URL, `redis://[:PASSWORD@]host:port[/db]`: the farm's TLS
+    /// session cache and, for frontends without a `ticketKeys` file, its
+    /// ticket keys.
     pub redis: String,
+    /// How often the farm rotates its ticket keys in Redis (one node does
+    /// it for all); `0s`: only by hand (`lb tls rotate-keys --redis`).
+    /// Default 1h; allowed 0 or 1s to 30d.
+    #[serde(default = "default_ticket_rotation")]
+    pub ticket_rotation: ConfigDuration,
+    /// Ticket keys kept in Redis, the encrypting one included (1 to 16,
+    /// default 3): a ticket resumes for about `(ticketKeep − 1) ×
+    /// ticketRotation`.
+    #[serde(default = "default_ticket_keep")]
+    pub ticket_keep: Ranged<1, 16>,
+}
+
+fn default_ticket_rotation() -> ConfigDuration {
+    ConfigDuration(Duration::from_secs(3600))
+}
+const fn default_ticket_keep() -> Ranged<1, 16> {
+    Ranged(3)
 }
 
 /// Protocol a frontend speaks.
@@ -400,6 +419,20 @@ impl Config {
             );
         }
 
+        if let Some(c) = &self.cluster {
+            let rotation = c.ticket_rotation.0;
+            if !rotation.is_zero()
+                && !(Duration::from_secs(1)..=Duration::from_secs(30 * 24 * 3600))
+                    .contains(&rotation)
+            {
+                problem(
+                    &[Seg::Key("cluster"), Seg::Key("ticketRotation")],
+                    "cluster.ticketRotation".into(),
+                    format!("{rotation:?} is not allowed; allowed: 0s (by hand only) or 1s to 30d"),
+                );
+            }
+        }
+
         let ifaces = self.xdp.ifaces();
         if self.xdp.mode != XdpMode::Off {
             if ifaces.is_empty() && !self.frontend.is_empty() {
@@ -528,6 +561,7 @@ impl Config {
         f: &Frontend,
         problem: &mut impl FnMut(&[Seg<'_>], String, String),
     ) {
+        self.validate_farm_tickets(f, problem);
         let Some(o) = &f.tls_options else {
             return;
         };
@@ -599,6 +633,43 @@ impl Config {
                     format!("unknown group `{name}`; allowed: {}", groups.join(", ")),
                 );
             }
+        }
+    }
+
+    /// In cluster mode, a frontend that takes the farm's ticket keys must
+    /// not announce tickets that outlive the keys.
+    fn validate_farm_tickets(
+        &self,
+        f: &Frontend,
+        problem: &mut impl FnMut(&[Seg<'_>], String, String),
+    ) {
+        let (Some(c), Some(_)) = (&self.cluster, &f.tls) else {
+            return;
+        };
+        let at = [Seg::Key("cluster"), Seg::Key("ticketRotation")];
+        let rotation = c.ticket_rotation.0;
+        let defaults = tls::TlsOptions::default();
+        let o = f.tls_options.as_ref().unwrap_or(&defaults);
+        if rotation.is_zero() || o.ticket_keys.is_some() {
+            return;
+        }
+        let life = o.session_cache.lifetime.0;
+        let kept = rotation
+            .saturating_mul(u32::try_from(c.ticket_keep.0.saturating_sub(1)).unwrap_or(u32::MAX));
+        if life > kept {
+            problem(
+                &at,
+                "cluster.ticketRotation".into(),
+                format!(
+                    "frontend `{}` announces tickets valid for {life:?} \
+                     (tlsOptions.sessionCache.lifetime), but with ticketRotation = {rotation:?} \
+                     and ticketKeep = {} a ticket is only sure to resume for {kept:?}; allowed: \
+                     (ticketKeep - 1) x ticketRotation >= every TLS frontend's lifetime (raise \
+                     ticketKeep or ticketRotation, lower the lifetime, or give the frontend a \
+                     ticketKeys file)",
+                    f.name, c.ticket_keep.0
+                ),
+            );
         }
     }
 

@@ -1,8 +1,8 @@
 //! Cluster mode: `[cluster] redis = "redis://..."` backs every TLS frontend's
 //! session cache with Redis, so a session started on any node resumes on
-//! any other (the job distcache did for Apache farms). In cluster mode a
-//! frontend without `ticketKeys` resumes TLS 1.3 through the shared cache
-//! too (stateful tickets), so no ticket key needs to be shared.
+//! any other (the job distcache did for Apache farms). A frontend without
+//! its own `ticketKeys` file also takes the farm's ticket keys from this
+//! Redis ([`super::farm`]).
 //!
 //! Redis is a help, never a dependency: every call has a short timeout;
 //! when Redis does not answer, handshakes go on as full ones (a cache miss),
@@ -48,7 +48,7 @@ fn spend_lookup() -> bool {
 }
 
 /// `url` without a user name or password, for logs and the status page.
-fn redact(url: &str) -> String {
+pub fn redact(url: &str) -> String {
     match (url.split_once("://"), url.rsplit_once('@')) {
         (Some((scheme, _)), Some((_, host))) => format!("{scheme}://{host}"),
         _ => url.to_owned(),
@@ -115,6 +115,12 @@ impl Redis {
         }))
     }
 
+    /// The URL, without a password.
+    #[must_use]
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
     /// What `/api/status` shows.
     #[must_use]
     pub fn status(&self) -> RedisStatus {
@@ -162,7 +168,10 @@ impl Redis {
     /// Runs `f` on the connection (made if need be); None when Redis is
     /// down or the call failed. A call that fails on an old connection
     /// (Redis restarted) is tried once more on a new one at once.
-    fn call<T>(&self, f: impl Fn(&mut redis::Connection) -> redis::RedisResult<T>) -> Option<T> {
+    pub(super) fn call<T>(
+        &self,
+        f: impl Fn(&mut redis::Connection) -> redis::RedisResult<T>,
+    ) -> Option<T> {
         // Busy with another worker's call: a miss, not a wait.
         let mut conn = match self.conn.try_lock() {
             Ok(c) => c,

@@ -9,11 +9,15 @@
 //! - [`certs`]: PEM loading, the SNI resolver, `lb cert gen`;
 //! - [`tickets`]: ticket keys from a file shared by a farm, rotation;
 //! - [`cache`]: the session cache (TLS 1.2 session ids);
-//! - [`cluster`]: the session cache shared by a farm through Redis.
+//! - [`cluster`]: the session cache shared by a farm through Redis;
+//! - [`farm`]: the ticket keys shared and rotated by a farm through Redis.
 
 pub mod cache;
 pub mod certs;
 pub mod cluster;
+pub mod farm;
+#[cfg(test)]
+mod testkit;
 pub mod tickets;
 
 use std::{path::PathBuf, sync::Arc, time::Duration};
@@ -70,8 +74,9 @@ pub struct FrontendTls {
     pub handshake_timeout: Duration,
     /// The session cache, if on.
     pub cache: Option<Arc<cache::SessionCache>>,
-    /// The ticket keys from a file, if set.
-    pub tickets: Option<Arc<tickets::FileTicketer>>,
+    /// The shared ticket keys (a file, or the cluster's Redis), if any;
+    /// None: random keys of this process.
+    pub tickets: Option<Arc<tickets::Ticketer>>,
     /// The certificates in force (replaced on SIGHUP).
     pub certs: Arc<certs::CertStore>,
 }
@@ -101,10 +106,7 @@ impl FrontendTls {
     /// # Errors
     /// A certificate, key or ticket key file is refused, or the options do
     /// not make a configuration.
-    pub fn build(
-        f: &Frontend,
-        redis: Option<&Arc<cluster::Redis>>,
-    ) -> Result<Option<Self>, TlsError> {
+    pub fn build(f: &Frontend, farm: Option<&Farm>) -> Result<Option<Self>, TlsError> {
         let Some(tls) = &f.tls else {
             return Ok(None);
         };
@@ -155,9 +157,11 @@ impl FrontendTls {
             sc.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         }
         let lifetime = o.session_cache.lifetime.0;
-        let backend = redis.map(|r| {
-            Arc::new(cluster::SessionBackend::new(Arc::clone(r), &f.name))
-                as Arc<dyn cache::Backend>
+        let backend = farm.map(|farm| {
+            Arc::new(cluster::SessionBackend::new(
+                Arc::clone(&farm.redis),
+                &f.name,
+            )) as Arc<dyn cache::Backend>
         });
         let cache = (o.session_cache.size.0 > 0 || backend.is_some()).then(|| {
             Arc::new(cache::SessionCache::with_backend(
@@ -170,19 +174,24 @@ impl FrontendTls {
             Some(c) => Arc::clone(c) as Arc<dyn rustls::server::StoresServerSessions>,
             None => Arc::new(rustls::server::NoServerSessionStorage {}),
         };
-        let tickets = match &o.ticket_keys {
-            Some(path) => Some(tickets::FileTicketer::new(
-                path,
-                u32::try_from(lifetime.as_secs()).unwrap_or(u32::MAX),
-            )?),
-            None => None,
+        let lifetime_s = u32::try_from(lifetime.as_secs()).unwrap_or(u32::MAX);
+        let tickets = match (&o.ticket_keys, farm) {
+            (Some(path), _) => Some(tickets::Ticketer::from_file(path, lifetime_s)?),
+            (None, Some(farm)) => {
+                let (source, keys) =
+                    farm::FarmKeys::open(Arc::clone(&farm.redis), farm.rotation, farm.keep)?;
+                Some(tickets::Ticketer::new(
+                    Box::new(source),
+                    keys,
+                    lifetime_s,
+                    tickets::DEFAULT_CHECK_INTERVAL,
+                )?)
+            }
+            (None, None) => None,
         };
-        sc.ticketer = match (&tickets, redis) {
-            (Some(t), _) => Arc::clone(t) as Arc<dyn rustls::server::ProducesTickets>,
-            // Cluster mode without a shared key file: TLS 1.3 resumes
-            // through the shared cache (stateful tickets) instead.
-            (None, Some(_)) => Arc::new(NoTickets),
-            (None, None) => provider::Ticketer::new().map_err(options)?,
+        sc.ticketer = match &tickets {
+            Some(t) => Arc::clone(t) as Arc<dyn rustls::server::ProducesTickets>,
+            None => provider::Ticketer::new().map_err(options)?,
         };
         sc.send_tls13_tickets = usize::try_from(o.tickets.0).unwrap_or(2);
         Ok(Some(Self {
@@ -215,24 +224,16 @@ impl FrontendTls {
     }
 }
 
-/// Issues no tickets (rustls then resumes TLS 1.3 statefully, through
-/// the session cache).
+/// Cluster mode: the Redis every frontend shares sessions and ticket keys
+/// through, and how the farm rotates the keys.
 #[derive(Debug)]
-struct NoTickets;
-
-impl rustls::server::ProducesTickets for NoTickets {
-    fn enabled(&self) -> bool {
-        false
-    }
-    fn lifetime(&self) -> u32 {
-        0
-    }
-    fn encrypt(&self, _: &[u8]) -> Option<Vec<u8>> {
-        None
-    }
-    fn decrypt(&self, _: &[u8]) -> Option<Vec<u8>> {
-        None
-    }
+pub struct Farm {
+    /// The cluster's Redis.
+    pub redis: Arc<cluster::Redis>,
+    /// `[cluster] ticketRotation` (zero: by hand only).
+    pub rotation: Duration,
+    /// `[cluster] ticketKeep`.
+    pub keep: usize,
 }
 
 /// Each frontend's TLS, in config order (None: plain).
@@ -244,15 +245,18 @@ pub type Frontends = Vec<Option<Arc<FrontendTls>>>;
 /// # Errors
 /// The first frontend whose TLS is refused, or a bad Redis URL.
 pub fn build_all(cfg: &Config) -> Result<(Frontends, Option<Arc<cluster::Redis>>), TlsError> {
-    let redis = cfg
-        .cluster
-        .as_ref()
-        .map(|c| cluster::Redis::new(&c.redis))
-        .transpose()?;
+    let farm = match &cfg.cluster {
+        Some(c) => Some(Farm {
+            redis: cluster::Redis::new(&c.redis)?,
+            rotation: c.ticket_rotation.0,
+            keep: usize::try_from(c.ticket_keep.0).unwrap_or(tickets::DEFAULT_KEEP),
+        }),
+        None => None,
+    };
     let tls = cfg
         .frontend
         .iter()
-        .map(|f| FrontendTls::build(f, redis.as_ref()).map(|t| t.map(Arc::new)))
+        .map(|f| FrontendTls::build(f, farm.as_ref()).map(|t| t.map(Arc::new)))
         .collect::<Result<_, _>>()?;
-    Ok((tls, redis))
+    Ok((tls, farm.map(|f| f.redis)))
 }

@@ -1,12 +1,14 @@
-//! Shared TLS session ticket keys, read from a file and rotated without a
-//! restart.
+//! Shared TLS session ticket keys, read from a file (or the cluster's
+//! Redis) and rotated without a restart.
 //!
 //! A resumed TLS session skips the certificate and key exchange, but only if
 //! the server that receives the ticket can decrypt it. With several workers
 //! per `lb` and several `lb` nodes behind one address, every one of them must
-//! hold the same ticket keys: they come from one file, copied to every node,
-//! and [`FileTicketer`] (a [`rustls::server::ProducesTickets`]) encrypts and
-//! decrypts the tickets of TLS 1.3 and TLS 1.2 with them.
+//! hold the same ticket keys: they come from one file copied to every node,
+//! or in cluster mode from Redis ([`super::farm`]), and [`Ticketer`] (a
+//! [`rustls::server::ProducesTickets`]) encrypts and decrypts the tickets of
+//! TLS 1.3 and TLS 1.2 with them. Where the keys come from is a
+//! [`KeySource`]; this module has the file one, [`FileKeys`].
 //!
 //! # File format
 //!
@@ -30,17 +32,18 @@
 //! [`rotate`] (the command `lb tls rotate-keys FILE`) puts a fresh random key
 //! first and keeps the previous ones, up to `keep` keys in all, writing the
 //! file atomically (a 0600 temp file in the same directory, then a rename);
-//! it creates the file with one key if it does not exist. A running
-//! [`FileTicketer`] notices the new file (inode, size, mtime or ctime changed)
+//! it creates the file with one key if it does not exist, and gives the new
+//! file the old one's owner. A running [`Ticketer`] notices the new file (inode, size, mtime or ctime changed)
 //! within its check interval (1 s by default), from within `encrypt` and
 //! `decrypt`, and switches to the new keys; a file that then fails to load
 //! keeps the old keys and logs one warning. In a farm, rotate on one node and
 //! copy the file to the others: until a node has the new file, it cannot
 //! decrypt the tickets made with the new key and those clients simply do a
-//! full handshake.
+//! full handshake. In cluster mode the farm rotates once, in Redis
+//! ([`super::farm`]), and no file is copied.
 //!
 //! rustls does not expire tickets by itself: the `lifetime` given to
-//! [`FileTicketer::new`] is only the hint sent to clients, and a ticket stays
+//! [`Ticketer::from_file`] is only the hint sent to clients, and a ticket stays
 //! usable as long as its key is in the file. With a rotation every `P` and
 //! `keep` keys, a ticket lives at most `keep × P`; choose a lifetime of about
 //! `(keep − 1) × P`.
@@ -74,9 +77,11 @@ pub const KEY_LEN: usize = 32;
 pub const MAX_KEYS: usize = 16;
 /// The number of keys `lb tls rotate-keys` keeps unless told otherwise.
 pub const DEFAULT_KEEP: usize = 3;
-/// How often a [`FileTicketer`] built by [`FileTicketer::new`] looks at the
-/// file.
+/// How often a [`Ticketer`] looks at its source for new keys.
 pub const DEFAULT_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+/// How often a ticket under a key name not in the set makes a [`Ticketer`]
+/// look at its source at once (another node may have just rotated).
+pub const UNKNOWN_KEY_CHECK_INTERVAL: Duration = Duration::from_millis(100);
 /// The longest ticket lifetime TLS 1.3 allows (7 days, RFC 8446 4.6.1).
 pub const MAX_LIFETIME: u32 = 7 * 24 * 60 * 60;
 
@@ -156,16 +161,37 @@ pub enum TicketKeyError {
         /// The number asked for.
         keep: usize,
     },
-    /// The ticket lifetime given to [`FileTicketer`] is out of range.
-    #[error(
-        "ticket lifetime {lifetime} s for {path}; allowed: 1 to {MAX_LIFETIME} s (7 days)",
-        path = .path.display()
-    )]
+    /// The ticket lifetime given to a [`Ticketer`] is out of range.
+    #[error("ticket lifetime {lifetime} s for {keys}; allowed: 1 to {MAX_LIFETIME} s (7 days)")]
     Lifetime {
-        /// The key file.
-        path: PathBuf,
+        /// Where the keys come from.
+        keys: String,
         /// The lifetime asked for, in seconds.
         lifetime: u32,
+    },
+    /// The cluster's Redis could not be used for the farm's keys.
+    #[error("ticket keys in {url}: {why}")]
+    Redis {
+        /// The Redis (URL without password) and key.
+        url: String,
+        /// What failed.
+        why: String,
+    },
+    /// [`rotate`] could not give the new file the old file's owner.
+    #[error(
+        "cannot give the rotated ticket key file {path} its owner {uid}:{gid} back: {source}; \
+         run `lb tls rotate-keys` as that user or as root",
+        path = .path.display()
+    )]
+    Owner {
+        /// The file.
+        path: PathBuf,
+        /// The old file's owner.
+        uid: u32,
+        /// The old file's group.
+        gid: u32,
+        /// The error.
+        source: io::Error,
     },
     /// The system random generator failed.
     #[error("cannot draw random bytes for a ticket key for {path}", path = .path.display())]
@@ -210,15 +236,13 @@ impl TicketKey {
         })
     }
 
-    fn random(path: &Path) -> Result<Self, TicketKeyError> {
-        let random = || TicketKeyError::Random {
-            path: path.to_owned(),
-        };
+    /// A fresh random key; None if the system's random generator failed.
+    fn random() -> Option<Self> {
         let mut name = [0u8; NAME_LEN];
         let mut secret = [0u8; KEY_LEN];
-        aws_lc_rs::rand::fill(&mut name).map_err(|_| random())?;
-        aws_lc_rs::rand::fill(&mut secret).map_err(|_| random())?;
-        Self::new(name, secret).ok_or_else(random)
+        aws_lc_rs::rand::fill(&mut name).ok()?;
+        aws_lc_rs::rand::fill(&mut secret).ok()?;
+        Self::new(name, secret)
     }
 }
 
@@ -260,7 +284,39 @@ impl KeySet {
         self.keys.iter().find(|k| k.name == name)
     }
 
-    fn to_text(&self) -> String {
+    /// The name of the encrypting key, in hex ("" for an empty set).
+    #[must_use]
+    pub fn encrypting(&self) -> String {
+        self.keys.first().map_or_else(String::new, |k| hex(&k.name))
+    }
+
+    /// No key (a start for [`KeySet::rotated`]).
+    #[must_use]
+    pub fn empty() -> Self {
+        Self { keys: Vec::new() }
+    }
+
+    /// One fresh random key; None if the system's random generator failed.
+    #[must_use]
+    pub fn fresh() -> Option<Self> {
+        Some(Self {
+            keys: vec![TicketKey::random()?],
+        })
+    }
+
+    /// These keys after a rotation: a fresh random key first, then the
+    /// previous ones, `keep` in all (`keep` is 1 to [`MAX_KEYS`]). None if
+    /// the system's random generator failed.
+    #[must_use]
+    pub fn rotated(mut self, keep: usize) -> Option<Self> {
+        self.keys.insert(0, TicketKey::random()?);
+        self.keys.truncate(keep.clamp(1, MAX_KEYS));
+        Some(self)
+    }
+
+    /// The keys in the key file format (module doc), header included.
+    #[must_use]
+    pub fn to_text(&self) -> String {
         let mut out = String::from(
             "# lb TLS session ticket keys, written by `lb tls rotate-keys`; keep this file \
              mode 0600.\n# One key per line: NAME (32 hex digits) KEY (AES-256-GCM, 64 hex \
@@ -315,8 +371,12 @@ fn unhex<const N: usize>(field: &str, what: &str) -> Result<[u8; N], String> {
     Ok(out)
 }
 
-/// Parses the text of a key file (permissions already checked).
-fn parse(path: &Path, bytes: &[u8]) -> Result<KeySet, TicketKeyError> {
+/// Parses the text of a key file (permissions already checked); `path`
+/// names it in errors.
+///
+/// # Errors
+/// A line is malformed, or there is no key or more than [`MAX_KEYS`].
+pub fn parse(path: &Path, bytes: &[u8]) -> Result<KeySet, TicketKeyError> {
     let text = std::str::from_utf8(bytes).map_err(|e| TicketKeyError::NotText {
         path: path.to_owned(),
         line: 1 + bytes[..e.valid_up_to()]
@@ -378,6 +438,8 @@ struct Fingerprint {
     size: u64,
     mtime: (i64, i64),
     ctime: (i64, i64),
+    /// Owner and group (kept by [`rotate`]).
+    owner: (u32, u32),
 }
 
 impl Fingerprint {
@@ -388,6 +450,7 @@ impl Fingerprint {
             size: meta.size(),
             mtime: (meta.mtime(), meta.mtime_nsec()),
             ctime: (meta.ctime(), meta.ctime_nsec()),
+            owner: (meta.uid(), meta.gid()),
         }
     }
 }
@@ -458,21 +521,26 @@ pub fn rotate(path: &Path, keep: usize) -> Result<(), TicketKeyError> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => path.to_owned(),
         Err(e) => return Err(io_err("resolve", path)(e)),
     };
-    let mut keys = match read_file(&target) {
-        Ok((old, _)) => old.keys,
+    let (old, owner) = match read_file(&target) {
+        Ok((old, fingerprint)) => (old, Some(fingerprint.owner)),
         Err(TicketKeyError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
-            Vec::new()
+            (KeySet { keys: Vec::new() }, None)
         }
         Err(e) => return Err(e),
     };
-    keys.insert(0, TicketKey::random(path)?);
-    keys.truncate(keep);
-    write_atomically(&target, KeySet { keys }.to_text().as_bytes())
+    let keys = old.rotated(keep).ok_or_else(|| TicketKeyError::Random {
+        path: path.to_owned(),
+    })?;
+    write_atomically(&target, keys.to_text().as_bytes(), owner)
 }
 
-/// Writes `bytes` to a 0600 temp file beside `path`, syncs it and renames it
-/// over `path`.
-fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), TicketKeyError> {
+/// Writes `bytes` to a 0600 temp file beside `path` (owned by `owner`, if
+/// given and not already ours), syncs it and renames it over `path`.
+fn write_atomically(
+    path: &Path,
+    bytes: &[u8],
+    owner: Option<(u32, u32)>,
+) -> Result<(), TicketKeyError> {
     let dir = match path.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => dir,
         _ => Path::new("."),
@@ -485,7 +553,7 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), TicketKeyError> {
         path: path.to_owned(),
     })?;
     let tmp = dir.join(format!(".{file_name}.{}.tmp", hex(&suffix)));
-    let written = write_new(&tmp, path, bytes);
+    let written = write_new(&tmp, path, bytes, owner);
     if written.is_err() {
         let _ = fs::remove_file(&tmp);
     }
@@ -498,52 +566,179 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), TicketKeyError> {
     Ok(())
 }
 
-fn write_new(tmp: &Path, path: &Path, bytes: &[u8]) -> Result<(), TicketKeyError> {
+fn write_new(
+    tmp: &Path,
+    path: &Path,
+    bytes: &[u8],
+    owner: Option<(u32, u32)>,
+) -> Result<(), TicketKeyError> {
     let mut file = OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
         .open(tmp)
         .map_err(io_err("create", tmp))?;
+    if let Some((uid, gid)) = owner {
+        let meta = file.metadata().map_err(io_err("stat", tmp))?;
+        if (meta.uid(), meta.gid()) != (uid, gid) {
+            std::os::unix::fs::fchown(&file, Some(uid), Some(gid)).map_err(|source| {
+                TicketKeyError::Owner {
+                    path: path.to_owned(),
+                    uid,
+                    gid,
+                    source,
+                }
+            })?;
+        }
+    }
     file.write_all(bytes).map_err(io_err("write", tmp))?;
     file.sync_all().map_err(io_err("sync", tmp))?;
     fs::rename(tmp, path).map_err(io_err("replace", path))
 }
 
-/// Counters of a [`FileTicketer`], since it was built.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+/// Counters of a [`Ticketer`], since it was built, and the keys in use.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct TicketStats {
+    /// Where the keys come from: `file` or `redis`.
+    pub source: &'static str,
+    /// The name (hex) of the key that encrypts new tickets. Names are sent
+    /// in the clear in every ticket; all nodes of a farm show the same one.
+    pub encrypting: String,
+    /// Keys that decrypt.
+    pub keys: usize,
     /// Tickets issued.
     pub encrypted: u64,
     /// Tickets decrypted (resumptions offered with a valid ticket).
     pub decrypted: u64,
     /// Tickets refused: too short, unknown key name, or bad tag.
     pub decrypt_failed: u64,
-    /// Of `decrypt_failed`, those whose key name is not in the file (a key
-    /// rotated out, or a node with another key file).
+    /// Of `decrypt_failed`, those whose key name is not in the key set (a
+    /// key rotated out, or a node with other keys).
     pub unknown_key: u64,
-    /// New versions of the file loaded after the first.
+    /// New key sets taken from the source after the first.
     pub reloads: u64,
-    /// New versions of the file refused (the old keys stayed in use).
+    /// New versions of the source refused (the old keys stayed in use).
     pub reload_failed: u64,
+    /// Rotations this node made in the farm's Redis (cluster mode).
+    pub rotations: u64,
 }
 
-/// A [`rustls::server::ProducesTickets`] over the keys of a ticket key file,
-/// picking up a rotated file without a restart. Share one (`Arc`) between
-/// the TLS configs of all workers.
-pub struct FileTicketer {
+/// What a [`KeySource`] found when looked at.
+pub enum Poll {
+    /// Nothing new (or the source could not be asked just now).
+    Same,
+    /// A new key set to use from now on.
+    New(KeySet),
+    /// A new version that is refused; the source has logged why.
+    Refused,
+}
+
+/// Where a [`Ticketer`]'s keys come from: a file ([`FileKeys`]) or the
+/// cluster's Redis ([`super::farm::FarmKeys`]).
+pub trait KeySource: Send + Sync {
+    /// `file` or `redis`.
+    fn kind(&self) -> &'static str;
+    /// Where exactly, for logs (a path, or a URL and key).
+    fn describe(&self) -> String;
+    /// Looks at the source; called at most once per check interval, from
+    /// within a handshake, so it must be quick.
+    fn poll(&self) -> Poll;
+    /// Rotations this node made (a source that rotates by itself).
+    fn rotations(&self) -> u64 {
+        0
+    }
+}
+
+/// The keys of a ticket key file, looked at again when it changes.
+pub struct FileKeys {
     path: PathBuf,
-    lifetime: u32,
-    check_interval_ms: u64,
-    keys: RwLock<Arc<KeySet>>,
     /// The version of the file last looked at (loaded or refused); `None`
     /// after it could not be found.
     seen: Mutex<Option<Fingerprint>>,
+}
+
+impl FileKeys {
+    /// The file at `path` and the keys it holds now.
+    ///
+    /// # Errors
+    /// See [`load`].
+    pub fn open(path: impl Into<PathBuf>) -> Result<(Self, KeySet), TicketKeyError> {
+        let path = path.into();
+        let (keys, fingerprint) = read_file(&path)?;
+        Ok((
+            Self {
+                path,
+                seen: Mutex::new(Some(fingerprint)),
+            },
+            keys,
+        ))
+    }
+}
+
+impl KeySource for FileKeys {
+    fn kind(&self) -> &'static str {
+        "file"
+    }
+
+    fn describe(&self) -> String {
+        self.path.display().to_string()
+    }
+
+    /// Loads the file if it changed since last looked at. A new version
+    /// that fails to load logs one warning and is not retried until it
+    /// changes again.
+    fn poll(&self) -> Poll {
+        let mut seen = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
+        let now = match fs::metadata(&self.path) {
+            Ok(meta) => Fingerprint::of(&meta),
+            Err(e) => {
+                if seen.take().is_some() {
+                    tracing::warn!(
+                        file = %self.path.display(),
+                        error = %e,
+                        "ticket key file unreadable: keeping the keys loaded before"
+                    );
+                    return Poll::Refused;
+                }
+                return Poll::Same;
+            }
+        };
+        if *seen == Some(now) {
+            return Poll::Same;
+        }
+        match read_file(&self.path) {
+            Ok((keys, fingerprint)) => {
+                *seen = Some(fingerprint);
+                Poll::New(keys)
+            }
+            Err(e) => {
+                *seen = Some(now);
+                tracing::warn!(
+                    file = %self.path.display(),
+                    error = %e,
+                    "ticket key file not reloaded: keeping the keys loaded before"
+                );
+                Poll::Refused
+            }
+        }
+    }
+}
+
+/// A [`rustls::server::ProducesTickets`] over the keys of a [`KeySource`],
+/// picking up new keys without a restart. Share one (`Arc`) between the TLS
+/// configs of all workers.
+pub struct Ticketer {
+    source: Box<dyn KeySource>,
+    lifetime: u32,
+    check_interval_ms: u64,
+    keys: RwLock<Arc<KeySet>>,
     epoch: Instant,
     /// Milliseconds since `epoch` after which the next encrypt or decrypt
-    /// looks at the file.
+    /// looks at the source.
     next_check_ms: AtomicU64,
+    /// Likewise for a ticket under an unknown key name.
+    next_unknown_check_ms: AtomicU64,
     encrypted: AtomicU64,
     decrypted: AtomicU64,
     decrypt_failed: AtomicU64,
@@ -552,10 +747,10 @@ pub struct FileTicketer {
     reload_failed: AtomicU64,
 }
 
-impl fmt::Debug for FileTicketer {
+impl fmt::Debug for Ticketer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("FileTicketer")
-            .field("path", &self.path)
+        f.debug_struct("Ticketer")
+            .field("source", &self.source.describe())
             .field("lifetime", &self.lifetime)
             .field("keys", &*self.current())
             .field("stats", &self.stats())
@@ -563,41 +758,58 @@ impl fmt::Debug for FileTicketer {
     }
 }
 
-impl FileTicketer {
-    /// Loads the key file at `path`; tickets are announced to clients as
-    /// valid for `lifetime` seconds. The file is looked at again at most
+impl Ticketer {
+    /// Tickets under the keys of the file at `path`, announced to clients
+    /// as valid for `lifetime` seconds. The file is looked at again at most
     /// once per second ([`DEFAULT_CHECK_INTERVAL`]).
     ///
     /// # Errors
     /// See [`load`]; also a lifetime of 0 or over [`MAX_LIFETIME`].
-    pub fn new(path: impl Into<PathBuf>, lifetime: u32) -> Result<Arc<Self>, TicketKeyError> {
-        Self::with_check_interval(path, lifetime, DEFAULT_CHECK_INTERVAL)
+    pub fn from_file(path: impl Into<PathBuf>, lifetime: u32) -> Result<Arc<Self>, TicketKeyError> {
+        Self::from_file_checking_every(path, lifetime, DEFAULT_CHECK_INTERVAL)
     }
 
-    /// As [`FileTicketer::new`], looking at the file at most once per
+    /// As [`Ticketer::from_file`], looking at the file at most once per
     /// `check_interval` (zero: on every ticket).
     ///
     /// # Errors
-    /// See [`FileTicketer::new`].
-    pub fn with_check_interval(
+    /// See [`Ticketer::from_file`].
+    pub fn from_file_checking_every(
         path: impl Into<PathBuf>,
         lifetime: u32,
         check_interval: Duration,
     ) -> Result<Arc<Self>, TicketKeyError> {
-        let path = path.into();
+        let (source, keys) = FileKeys::open(path)?;
+        Self::new(Box::new(source), keys, lifetime, check_interval)
+    }
+
+    /// Tickets under `keys`, then under what `source` gives, looked at at
+    /// most once per `check_interval`; announced to clients as valid for
+    /// `lifetime` seconds.
+    ///
+    /// # Errors
+    /// A lifetime of 0 or over [`MAX_LIFETIME`].
+    pub fn new(
+        source: Box<dyn KeySource>,
+        keys: KeySet,
+        lifetime: u32,
+        check_interval: Duration,
+    ) -> Result<Arc<Self>, TicketKeyError> {
         if lifetime == 0 || lifetime > MAX_LIFETIME {
-            return Err(TicketKeyError::Lifetime { path, lifetime });
+            return Err(TicketKeyError::Lifetime {
+                keys: source.describe(),
+                lifetime,
+            });
         }
-        let (keys, fingerprint) = read_file(&path)?;
         let check_interval_ms = u64::try_from(check_interval.as_millis()).unwrap_or(u64::MAX);
         Ok(Arc::new(Self {
-            path,
+            source,
             lifetime,
             check_interval_ms,
             keys: RwLock::new(Arc::new(keys)),
-            seen: Mutex::new(Some(fingerprint)),
             epoch: Instant::now(),
             next_check_ms: AtomicU64::new(check_interval_ms),
+            next_unknown_check_ms: AtomicU64::new(0),
             encrypted: AtomicU64::new(0),
             decrypted: AtomicU64::new(0),
             decrypt_failed: AtomicU64::new(0),
@@ -607,78 +819,50 @@ impl FileTicketer {
         }))
     }
 
-    /// The key file.
-    #[must_use]
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
     /// The keys in use.
     #[must_use]
     pub fn keys(&self) -> Arc<KeySet> {
         self.current()
     }
 
-    /// The counters so far.
+    /// The counters so far and the keys in use.
     #[must_use]
     pub fn stats(&self) -> TicketStats {
+        let keys = self.current();
         TicketStats {
+            source: self.source.kind(),
+            encrypting: keys.encrypting(),
+            keys: keys.len(),
             encrypted: self.encrypted.load(Relaxed),
             decrypted: self.decrypted.load(Relaxed),
             decrypt_failed: self.decrypt_failed.load(Relaxed),
             unknown_key: self.unknown_key.load(Relaxed),
             reloads: self.reloads.load(Relaxed),
             reload_failed: self.reload_failed.load(Relaxed),
+            rotations: self.source.rotations(),
         }
     }
 
-    /// Looks at the file now and loads it if it changed since last looked
-    /// at (e.g. on SIGHUP). Returns whether new keys are in use. A new
-    /// version that fails to load keeps the old keys and logs one warning
-    /// (the same version is not retried).
+    /// Looks at the source now and takes its keys if they changed since
+    /// last looked at (e.g. on SIGHUP). Returns whether new keys are in
+    /// use. A new version that is refused keeps the old keys.
     pub fn reload_if_changed(&self) -> bool {
-        let mut seen = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
-        let now = match fs::metadata(&self.path) {
-            Ok(meta) => Fingerprint::of(&meta),
-            Err(e) => {
-                if seen.take().is_some() {
-                    self.reload_failed.fetch_add(1, Relaxed);
-                    tracing::warn!(
-                        file = %self.path.display(),
-                        error = %e,
-                        keys = self.current().len(),
-                        "ticket key file unreadable: keeping the keys loaded before"
-                    );
-                }
-                return false;
+        match self.source.poll() {
+            Poll::Same => false,
+            Poll::Refused => {
+                self.reload_failed.fetch_add(1, Relaxed);
+                false
             }
-        };
-        if *seen == Some(now) {
-            return false;
-        }
-        match read_file(&self.path) {
-            Ok((keys, fingerprint)) => {
-                *seen = Some(fingerprint);
+            Poll::New(keys) => {
                 tracing::info!(
-                    file = %self.path.display(),
+                    keys_from = %self.source.describe(),
                     keys = keys.len(),
-                    encrypting = %keys.keys.first().map_or_else(String::new, |k| hex(&k.name)),
-                    "ticket key file reloaded"
+                    encrypting = %keys.encrypting(),
+                    "new ticket keys in use"
                 );
                 *self.keys.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(keys);
                 self.reloads.fetch_add(1, Relaxed);
                 true
-            }
-            Err(e) => {
-                *seen = Some(now);
-                self.reload_failed.fetch_add(1, Relaxed);
-                tracing::warn!(
-                    file = %self.path.display(),
-                    error = %e,
-                    keys = self.current().len(),
-                    "ticket key file not reloaded: keeping the keys loaded before"
-                );
-                false
             }
         }
     }
@@ -687,22 +871,42 @@ impl FileTicketer {
         Arc::clone(&self.keys.read().unwrap_or_else(PoisonError::into_inner))
     }
 
-    /// Looks at the file if the check interval has passed; one caller per
-    /// interval does, the others go on with the keys they have.
-    fn maybe_reload(&self) {
+    /// Looks at the source if the check interval has passed; one caller per
+    /// interval does, the others go on with the keys they have. Returns
+    /// whether new keys are in use.
+    fn maybe_reload(&self) -> bool {
+        self.reload_at_most_every(&self.next_check_ms, self.check_interval_ms)
+    }
+
+    /// As [`Self::maybe_reload`] with its own `next` check time and
+    /// `interval` in milliseconds.
+    fn reload_at_most_every(&self, next_ms: &AtomicU64, interval: u64) -> bool {
         let now = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
-        let next = self.next_check_ms.load(Relaxed);
+        let next = next_ms.load(Relaxed);
         if now < next {
-            return;
+            return false;
         }
-        let after = now.saturating_add(self.check_interval_ms);
-        if self
-            .next_check_ms
+        let after = now.saturating_add(interval);
+        next_ms
             .compare_exchange(next, after, Relaxed, Relaxed)
             .is_ok()
-        {
-            self.reload_if_changed();
+            && self.reload_if_changed()
+    }
+
+    /// The key set holding the key named `name`: the one in use, or a new
+    /// one if the source has it (looked for at most every
+    /// [`UNKNOWN_KEY_CHECK_INTERVAL`]), so a node resumes a ticket another
+    /// node made just after a rotation.
+    fn keys_with(&self, name: &[u8]) -> Option<Arc<KeySet>> {
+        let keys = self.current();
+        if keys.find(name).is_some() {
+            return Some(keys);
         }
+        let interval = u64::try_from(UNKNOWN_KEY_CHECK_INTERVAL.as_millis()).unwrap_or(100);
+        if !self.reload_at_most_every(&self.next_unknown_check_ms, interval) {
+            return None;
+        }
+        Some(self.current()).filter(|keys| keys.find(name).is_some())
     }
 
     fn fail(&self) -> Option<Vec<u8>> {
@@ -711,7 +915,7 @@ impl FileTicketer {
     }
 }
 
-impl rustls::server::ProducesTickets for FileTicketer {
+impl rustls::server::ProducesTickets for Ticketer {
     fn enabled(&self) -> bool {
         true
     }
@@ -751,9 +955,11 @@ impl rustls::server::ProducesTickets for FileTicketer {
         }
         let (name, rest) = cipher.split_at(NAME_LEN);
         let (nonce, sealed) = rest.split_at(NONCE_LEN);
-        let keys = self.current();
-        let Some(key) = keys.find(name) else {
+        let Some(keys) = self.keys_with(name) else {
             self.unknown_key.fetch_add(1, Relaxed);
+            return self.fail();
+        };
+        let Some(key) = keys.find(name) else {
             return self.fail();
         };
         let Ok(nonce) = Nonce::try_assume_unique_for_key(nonce) else {
@@ -777,6 +983,7 @@ mod tests {
     use rustls::server::ProducesTickets as _;
 
     use super::*;
+    use crate::tls::testkit::{connect, tls_pair};
 
     /// A fresh directory under the temp dir, removed on drop.
     struct TempDir(PathBuf);
@@ -818,7 +1025,7 @@ mod tests {
             &format!("# comment\n\n  {NAME_A}\t{KEY_A}  \n"),
             0o600,
         );
-        let t = FileTicketer::new(&path, 3600).unwrap();
+        let t = Ticketer::from_file(&path, 3600).unwrap();
         assert!(t.enabled());
         assert_eq!(t.lifetime(), 3600);
         let ticket = t.encrypt(b"session state").unwrap();
@@ -845,7 +1052,7 @@ mod tests {
         assert_eq!(fs::metadata(&path).unwrap().mode() & 0o777, 0o600);
         let a = load(&path).unwrap();
         assert_eq!(a.len(), 1);
-        let t_a = FileTicketer::with_check_interval(&path, 3600, Duration::ZERO).unwrap();
+        let t_a = Ticketer::from_file_checking_every(&path, 3600, Duration::ZERO).unwrap();
         let ticket_a = t_a.encrypt(b"from A").unwrap();
 
         rotate(&path, 3).unwrap();
@@ -853,7 +1060,7 @@ mod tests {
         let names: Vec<_> = b.names().collect();
         assert_eq!(names.len(), 2);
         assert_eq!(names[1], a.names().next().unwrap(), "A is kept after B");
-        let t_b = FileTicketer::new(&path, 3600).unwrap();
+        let t_b = Ticketer::from_file(&path, 3600).unwrap();
         let ticket_b = t_b.encrypt(b"from B").unwrap();
         assert_eq!(ticket_b[..NAME_LEN], names[0], "B encrypts");
         assert_eq!(t_b.decrypt(&ticket_a).unwrap(), b"from A", "A decrypts");
@@ -861,7 +1068,7 @@ mod tests {
         // keep=1: only a fresh key C remains, A and B tickets fail.
         rotate(&path, 1).unwrap();
         assert_eq!(fs::metadata(&path).unwrap().mode() & 0o777, 0o600);
-        let t_c = FileTicketer::new(&path, 3600).unwrap();
+        let t_c = Ticketer::from_file(&path, 3600).unwrap();
         assert_eq!(t_c.keys().len(), 1);
         assert_eq!(t_c.decrypt(&ticket_a), None);
         assert_eq!(t_c.decrypt(&ticket_b), None);
@@ -891,7 +1098,7 @@ mod tests {
         let dir = TempDir::new("tamper");
         let path = dir.file();
         rotate(&path, 3).unwrap();
-        let t = FileTicketer::new(&path, 3600).unwrap();
+        let t = Ticketer::from_file(&path, 3600).unwrap();
         let ticket = t.encrypt(b"secret session").unwrap();
         for i in [0, NAME_LEN, NAME_LEN + NONCE_LEN, ticket.len() - 1] {
             let mut bad = ticket.clone();
@@ -921,7 +1128,7 @@ mod tests {
                  or 0400 (chmod 600 {p})"
             )
         );
-        assert!(FileTicketer::new(&path, 60).is_err());
+        assert!(Ticketer::from_file(&path, 60).is_err());
         assert!(rotate(&path, 3).is_err(), "a leaked file is not rewritten");
         fs::set_permissions(&path, fs::Permissions::from_mode(0o620)).unwrap();
         let err = load(&path).unwrap_err().to_string();
@@ -994,8 +1201,8 @@ mod tests {
         let path = dir.file();
         rotate(&path, 3).unwrap();
         rotate(&path, 3).unwrap();
-        let node1 = FileTicketer::new(&path, 3600).unwrap();
-        let node2 = FileTicketer::new(&path, 3600).unwrap();
+        let node1 = Ticketer::from_file(&path, 3600).unwrap();
+        let node2 = Ticketer::from_file(&path, 3600).unwrap();
         let t1 = node1.encrypt(b"one").unwrap();
         let t2 = node2.encrypt(b"two").unwrap();
         assert_eq!(node2.decrypt(&t1).unwrap(), b"one");
@@ -1007,7 +1214,7 @@ mod tests {
         let dir = TempDir::new("live");
         let path = dir.file();
         rotate(&path, 3).unwrap();
-        let t = FileTicketer::new(&path, 3600).unwrap();
+        let t = Ticketer::from_file(&path, 3600).unwrap();
         let old = t.encrypt(b"old").unwrap();
         let first = t.keys().names().next().unwrap();
 
@@ -1048,17 +1255,58 @@ mod tests {
     }
 
     #[test]
+    fn a_ticket_under_a_key_not_yet_seen_makes_the_node_look_at_once() {
+        let dir = TempDir::new("unknown");
+        let path = dir.file();
+        rotate(&path, 3).unwrap();
+        let hour = Duration::from_secs(3600);
+        let fast = Ticketer::from_file_checking_every(&path, 60, Duration::ZERO).unwrap();
+        let slow = Ticketer::from_file_checking_every(&path, 60, hour).unwrap();
+        rotate(&path, 3).unwrap();
+        // `fast` already encrypts with the new key; `slow` would not look at
+        // the file for an hour, but a ticket under a name it does not know
+        // makes it look now.
+        let ticket = fast.encrypt(b"just rotated").unwrap();
+        assert_eq!(slow.decrypt(&ticket).unwrap(), b"just rotated");
+        assert_eq!(slow.stats().reloads, 1);
+        // A made-up name makes it look again at most every 100 ms.
+        let mut forged = ticket.clone();
+        forged[0] ^= 0xff;
+        assert!(slow.decrypt(&forged).is_none());
+        assert!(slow.decrypt(&forged).is_none());
+        assert_eq!(slow.stats().unknown_key, 2);
+    }
+
+    #[test]
     fn zero_check_interval_looks_every_time() {
         let dir = TempDir::new("zero");
         let path = dir.file();
         rotate(&path, 3).unwrap();
-        let t = FileTicketer::with_check_interval(&path, 60, Duration::ZERO).unwrap();
+        let t = Ticketer::from_file_checking_every(&path, 60, Duration::ZERO).unwrap();
         let before = t.keys().names().next().unwrap();
         rotate(&path, 3).unwrap();
         let ticket = t.encrypt(b"y").unwrap();
         assert_ne!(ticket[..NAME_LEN], before);
-        assert!(FileTicketer::new(&path, 0).is_err());
-        assert!(FileTicketer::new(&path, MAX_LIFETIME + 1).is_err());
+        assert!(Ticketer::from_file(&path, 0).is_err());
+        assert!(Ticketer::from_file(&path, MAX_LIFETIME + 1).is_err());
+    }
+
+    #[test]
+    fn rotation_keeps_the_files_owner() {
+        // Only root can give a file to someone else.
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            return;
+        }
+        let dir = TempDir::new("owner");
+        let path = dir.file();
+        rotate(&path, 3).unwrap();
+        std::os::unix::fs::chown(&path, Some(65534), Some(65534)).unwrap();
+        rotate(&path, 3).unwrap();
+        let meta = fs::metadata(&path).unwrap();
+        assert_eq!((meta.uid(), meta.gid()), (65534, 65534));
+        assert_eq!(meta.mode() & 0o777, 0o600);
+        assert_eq!(load(&path).unwrap().len(), 2);
     }
 
     #[test]
@@ -1077,67 +1325,6 @@ mod tests {
     }
 
     /// A self-signed certificate for `localhost` and a client trusting it.
-    fn tls_pair(
-        version: &'static rustls::SupportedProtocolVersion,
-    ) -> (
-        rustls::ConfigBuilder<rustls::ServerConfig, rustls::server::WantsServerCert>,
-        rustls_pki_types::CertificateDer<'static>,
-        rustls_pki_types::PrivateKeyDer<'static>,
-        Arc<rustls::ClientConfig>,
-    ) {
-        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
-        let cert = certified.cert.der().clone();
-        let key = rustls_pki_types::PrivateKeyDer::Pkcs8(certified.key_pair.serialize_der().into());
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(cert.clone()).unwrap();
-        let client = rustls::ClientConfig::builder_with_provider(Arc::clone(&provider))
-            .with_protocol_versions(&[version])
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        let server = rustls::ServerConfig::builder_with_provider(provider)
-            .with_protocol_versions(&[version])
-            .unwrap()
-            .with_no_client_auth();
-        (server, cert, key, Arc::new(client))
-    }
-
-    /// One connection through memory; returns how the handshake went.
-    fn connect(
-        server: &Arc<rustls::ServerConfig>,
-        client: &Arc<rustls::ClientConfig>,
-    ) -> rustls::HandshakeKind {
-        let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
-        let mut c = rustls::ClientConnection::new(Arc::clone(client), name).unwrap();
-        let mut s = rustls::ServerConnection::new(Arc::clone(server)).unwrap();
-        for _ in 0..20 {
-            let mut buf = Vec::new();
-            while c.wants_write() {
-                c.write_tls(&mut buf).unwrap();
-            }
-            let mut rd = &buf[..];
-            while !rd.is_empty() {
-                s.read_tls(&mut rd).unwrap();
-                s.process_new_packets().unwrap();
-            }
-            let mut buf = Vec::new();
-            while s.wants_write() {
-                s.write_tls(&mut buf).unwrap();
-            }
-            let mut rd = &buf[..];
-            while !rd.is_empty() {
-                c.read_tls(&mut rd).unwrap();
-                c.process_new_packets().unwrap();
-            }
-            if !c.is_handshaking() && !s.is_handshaking() && !c.wants_write() && !s.wants_write() {
-                break;
-            }
-        }
-        assert!(!c.is_handshaking());
-        c.handshake_kind().unwrap()
-    }
-
     #[test]
     fn rustls_resumes_on_another_node_with_the_same_file() {
         let dir = TempDir::new("rustls");
@@ -1148,8 +1335,8 @@ mod tests {
             let mut node1 = builder.with_single_cert(vec![cert], key).unwrap();
             node1.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
             let mut node2 = node1.clone();
-            let t1 = FileTicketer::new(&path, 3600).unwrap();
-            let t2 = FileTicketer::new(&path, 3600).unwrap();
+            let t1 = Ticketer::from_file(&path, 3600).unwrap();
+            let t2 = Ticketer::from_file(&path, 3600).unwrap();
             node1.ticketer = t1.clone();
             node2.ticketer = t2.clone();
             let (node1, node2) = (Arc::new(node1), Arc::new(node2));

@@ -41,19 +41,16 @@ use lb_tests::peers::{
     argv, background_load, busy_pct, cpu_ticks, nginx_argv, shell_line, stat_fields, CpuTicks,
     Daemon, Scratch,
 };
+use lb_tests::tls::{any_cert, AnyCert};
 use lb_tests::{
     harness::pin_to_cpu,
     report::{clk_tck, cpu_and_kernel, first_line, summarize, Summary},
 };
 use rustls::{
-    client::{
-        danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier},
-        ClientSessionStore, Resumption, Tls12ClientSessionValue, Tls13ClientSessionValue,
-    },
-    crypto::{aws_lc_rs as provider, WebPkiSupportedAlgorithms},
-    pki_types::{CertificateDer, ServerName, UnixTime},
-    ClientConfig, ClientConnection, DigitallySignedStruct, HandshakeKind, NamedGroup,
-    SignatureScheme,
+    client::{ClientSessionStore, Resumption, Tls12ClientSessionValue, Tls13ClientSessionValue},
+    crypto::aws_lc_rs as provider,
+    pki_types::ServerName,
+    ClientConfig, ClientConnection, HandshakeKind, NamedGroup,
 };
 
 /// Where the proxies run (one worker each).
@@ -658,58 +655,6 @@ impl ClientSessionStore for TicketStore {
     }
 }
 
-/// Accepts any certificate (the bench's is self-signed). With `check`, the
-/// handshake signature is still verified and its scheme remembered (the
-/// probe); without, the load client skips that work, which is the
-/// client's, not the server's.
-#[derive(Debug)]
-struct AnyCert {
-    check: bool,
-    algs: WebPkiSupportedAlgorithms,
-    scheme: Mutex<Option<SignatureScheme>>,
-}
-
-impl ServerCertVerifier for AnyCert {
-    fn verify_server_cert(
-        &self,
-        _: &CertificateDer<'_>,
-        _: &[CertificateDer<'_>],
-        _: &ServerName<'_>,
-        _: &[u8],
-        _: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algs)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        if !self.check {
-            return Ok(HandshakeSignatureValid::assertion());
-        }
-        if let Ok(mut s) = self.scheme.lock() {
-            *s = Some(dss.scheme);
-        }
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algs)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.algs.supported_schemes()
-    }
-}
-
 /// A client config: TLS 1.3, X25519, TLS13_AES_128_GCM_SHA256, tickets
 /// into `store`.
 fn client_config(store: Arc<TicketStore>, verifier: Arc<AnyCert>) -> Result<Arc<ClientConfig>> {
@@ -724,14 +669,6 @@ fn client_config(store: Arc<TicketStore>, verifier: Arc<AnyCert>) -> Result<Arc<
         .with_no_client_auth();
     c.resumption = Resumption::store(store);
     Ok(Arc::new(c))
-}
-
-fn any_cert(check: bool) -> Arc<AnyCert> {
-    Arc::new(AnyCert {
-        check,
-        algs: provider::default_provider().signature_verification_algorithms,
-        scheme: Mutex::new(None),
-    })
 }
 
 fn server_name() -> Result<ServerName<'static>> {
@@ -818,10 +755,7 @@ fn probe(port: u16) -> Result<Probe> {
     let second = probe_one(port, &config)?;
     let after_resumed = store.received() - after_full;
     let scheme = verifier
-        .scheme
-        .lock()
-        .ok()
-        .and_then(|s| *s)
+        .scheme()
         .map_or_else(|| "none".into(), |s| format!("{s:?}"));
     Ok(Probe {
         version: first
