@@ -76,8 +76,8 @@ pub struct FrontendStatus {
     /// The session cache (TLS frontends with one).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls_cache: Option<crate::tls::cache::CacheStats>,
-    /// The shared ticket keys: a `ticketKeys` file, or the farm's in Redis
-    /// (cluster mode).
+    /// The ticket keys (TLS frontends): a `ticketKeys` file, the farm's in
+    /// Redis (cluster mode), or this process's.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls_tickets: Option<crate::tls::tickets::TicketStats>,
 }
@@ -188,11 +188,7 @@ impl Status {
                         .as_ref()
                         .and_then(|t| t.cache.as_ref())
                         .map(|c| c.stats()),
-                    tls_tickets: f
-                        .tls
-                        .as_ref()
-                        .and_then(|t| t.tickets.as_ref())
-                        .map(|t| t.stats()),
+                    tls_tickets: f.tls.as_ref().map(|t| t.tickets.stats()),
                 })
                 .collect(),
             pools: shared

@@ -221,6 +221,8 @@ impl Control {
             for (t, r) in self.tls.iter().zip(certs) {
                 if let (Some(t), Some(r)) = (t, r) {
                     t.put_certs(r);
+                    // Do not wait for the next look at the ticket keys.
+                    t.tickets.reload_if_changed();
                 }
             }
         }

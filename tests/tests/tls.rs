@@ -649,6 +649,7 @@ fn sessions_resume_across_workers_and_across_processes_sharing_a_key_file() {
         (&2.into(), &1.into(), &1.into()),
         "{t}"
     );
+    assert_eq!(t["resumptionMisses"], 0, "{t}");
     if two_cpus {
         let workers = s["workers"].as_array().expect("workers");
         assert_eq!(workers[0]["tls"]["full"], 2, "full on CPU 0: {s:#}");
@@ -701,9 +702,15 @@ fn sessions_resume_across_workers_and_across_processes_sharing_a_key_file() {
     assert!(line.starts_with("New, TLSv1.3"), "W to C: {line}");
     let t = tls_of(c_admin, "web");
     assert_eq!(
-        (&t["full"], &t["resumedTls13"]),
-        (&1.into(), &0.into()),
-        "{t}"
+        (&t["full"], &t["resumedTls13"], &t["resumptionMisses"]),
+        (&1.into(), &0.into(), &1.into()),
+        "a full handshake after an offered ticket is a miss: {t}"
+    );
+    let tickets = &frontend_in(&status(c_admin).expect("status"), "web")["tlsTickets"];
+    assert_eq!(
+        (&tickets["source"], &tickets["unknownKey"]),
+        (&"process".into(), &1.into()),
+        "{tickets}"
     );
 
     // Rotation while both run: a session saved before still resumes after.

@@ -58,6 +58,10 @@ pub struct TlsCounters {
     pub resumed_tls12: AtomicU64,
     /// Resumed TLS 1.3 handshakes (ticket).
     pub resumed_tls13: AtomicU64,
+    /// Full handshakes whose ClientHello offered a session to resume (a
+    /// ticket or session id this node could not use: unknown key, expired,
+    /// evicted, Redis down).
+    pub resumption_misses: AtomicU64,
     /// Handshakes that failed: not TLS, no shared version or suite, an
     /// unknown SNI with `unknownSni = "alert"`, a client that gave up.
     pub failed: AtomicU64,
@@ -79,6 +83,8 @@ pub struct TlsTotals {
     pub resumed_tls12: u64,
     /// Resumed, TLS 1.3.
     pub resumed_tls13: u64,
+    /// Full handshakes after an offer to resume.
+    pub resumption_misses: u64,
     /// Failed.
     pub failed: u64,
     /// Timed out.
@@ -96,6 +102,7 @@ impl TlsTotals {
         self.full += r(&c.full);
         self.resumed_tls12 += r(&c.resumed_tls12);
         self.resumed_tls13 += r(&c.resumed_tls13);
+        self.resumption_misses += r(&c.resumption_misses);
         self.failed += r(&c.failed);
         self.timeouts += r(&c.timeouts);
         self.gate_refused += r(&c.gate_refused);

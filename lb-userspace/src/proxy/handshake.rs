@@ -141,7 +141,11 @@ pub async fn run(
             }
         },
     };
+    // rustls processes the ClientHello (and looks up any session it
+    // offers) within `into_stream`.
+    crate::tls::take_resumption_offer();
     let accept = start.into_stream(Arc::clone(&tls.config));
+    let offered = crate::tls::take_resumption_offer();
     let stream = match tokio::time::timeout_at(deadline, accept).await {
         // A handshake that fails here may have cost the server its key
         // exchange and signature: it is charged to maxSslRate as a full one.
@@ -158,12 +162,13 @@ pub async fn run(
         }
         Ok(Ok(s)) => s,
     };
-    count(ctx, tc, stream.get_ref().1);
+    count(ctx, tc, stream.get_ref().1, offered);
     Some((ClientStream::Tls(Box::new(stream)), Held(permits)))
 }
 
-/// Counts a finished handshake; a full one is charged to `maxSslRate`.
-fn count(ctx: &FrontendCtx, tc: &TlsCounters, conn: &rustls::ServerConnection) {
+/// Counts a finished handshake, and a full one after an `offered`
+/// session as a resumption miss; a full one is charged to `maxSslRate`.
+fn count(ctx: &FrontendCtx, tc: &TlsCounters, conn: &rustls::ServerConnection, offered: bool) {
     use std::sync::atomic::Ordering::Relaxed;
     if conn.handshake_kind() == Some(HandshakeKind::Resumed) {
         match conn.protocol_version() {
@@ -173,6 +178,9 @@ fn count(ctx: &FrontendCtx, tc: &TlsCounters, conn: &rustls::ServerConnection) {
         return;
     }
     tc.full.fetch_add(1, Relaxed);
+    if offered {
+        tc.resumption_misses.fetch_add(1, Relaxed);
+    }
     charge_full(ctx);
 }
 

@@ -313,6 +313,7 @@ impl rustls::server::StoresServerSessions for SessionCache {
     }
 
     fn get(&self, key: &[u8]) -> Option<Vec<u8>> {
+        super::note_resumption_offer();
         if let Some(value) = self.lookup_local(key, false) {
             return self.count(Some(value));
         }
@@ -325,6 +326,7 @@ impl rustls::server::StoresServerSessions for SessionCache {
     }
 
     fn take(&self, key: &[u8]) -> Option<Vec<u8>> {
+        super::note_resumption_offer();
         let local = self.lookup_local(key, true);
         // Always take it out of the backend too, so that no other node
         // resumes the same single-use ticket.

@@ -74,9 +74,8 @@ pub struct FrontendTls {
     pub handshake_timeout: Duration,
     /// The session cache, if on.
     pub cache: Option<Arc<cache::SessionCache>>,
-    /// The shared ticket keys (a file, or the cluster's Redis), if any;
-    /// None: random keys of this process.
-    pub tickets: Option<Arc<tickets::Ticketer>>,
+    /// The ticket keys: a file, the cluster's Redis, or this process's.
+    pub tickets: Arc<tickets::Ticketer>,
     /// The certificates in force (replaced on SIGHUP).
     pub certs: Arc<certs::CertStore>,
 }
@@ -176,23 +175,31 @@ impl FrontendTls {
         };
         let lifetime_s = u32::try_from(lifetime.as_secs()).unwrap_or(u32::MAX);
         let tickets = match (&o.ticket_keys, farm) {
-            (Some(path), _) => Some(tickets::Ticketer::from_file(path, lifetime_s)?),
+            (Some(path), _) => tickets::Ticketer::from_file(path, lifetime_s)?,
             (None, Some(farm)) => {
                 let (source, keys) =
                     farm::FarmKeys::open(Arc::clone(&farm.redis), farm.rotation, farm.keep)?;
-                Some(tickets::Ticketer::new(
+                tickets::Ticketer::new(
                     Box::new(source),
                     keys,
                     lifetime_s,
                     tickets::DEFAULT_CHECK_INTERVAL,
-                )?)
+                )?
             }
-            (None, None) => None,
+            (None, None) => {
+                // Like rustls' own ticketer, with counters: a key of this
+                // process, replaced at least hourly.
+                let every = lifetime.max(Duration::from_secs(3600));
+                let (source, keys) = tickets::OwnKeys::new(every)?;
+                tickets::Ticketer::new(
+                    Box::new(source),
+                    keys,
+                    lifetime_s,
+                    tickets::DEFAULT_CHECK_INTERVAL,
+                )?
+            }
         };
-        sc.ticketer = match &tickets {
-            Some(t) => Arc::clone(t) as Arc<dyn rustls::server::ProducesTickets>,
-            None => provider::Ticketer::new().map_err(options)?,
-        };
+        sc.ticketer = Arc::clone(&tickets) as Arc<dyn rustls::server::ProducesTickets>;
         sc.send_tls13_tickets = usize::try_from(o.tickets.0).unwrap_or(2);
         Ok(Some(Self {
             config: Arc::new(sc),
@@ -234,6 +241,27 @@ pub struct Farm {
     pub rotation: Duration,
     /// `[cluster] ticketKeep`.
     pub keep: usize,
+}
+
+thread_local! {
+    /// Whether the ClientHello processed on this thread offered a session
+    /// to resume.
+    static OFFERED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Notes that the ClientHello being processed on this thread offers a
+/// session to resume (rustls asked for a ticket's or a session id's
+/// session).
+pub(crate) fn note_resumption_offer() {
+    OFFERED.with(|o| o.set(true));
+}
+
+/// Whether a ClientHello processed on this thread since the last call
+/// offered a session to resume; resets. Call it before and after rustls
+/// processes a ClientHello (synchronously): a full handshake after an offer
+/// is a resumption miss.
+pub fn take_resumption_offer() -> bool {
+    OFFERED.with(|o| o.replace(false))
 }
 
 /// Each frontend's TLS, in config order (None: plain).

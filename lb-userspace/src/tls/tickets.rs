@@ -304,6 +304,14 @@ impl KeySet {
         })
     }
 
+    /// A copy of these keys.
+    fn copy(&self) -> Option<Self> {
+        let keys = self.keys.iter().map(|k| TicketKey::new(k.name, k.secret));
+        Some(Self {
+            keys: keys.collect::<Option<_>>()?,
+        })
+    }
+
     /// These keys after a rotation: a fresh random key first, then the
     /// previous ones, `keep` in all (`keep` is 1 to [`MAX_KEYS`]). None if
     /// the system's random generator failed.
@@ -600,7 +608,7 @@ fn write_new(
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct TicketStats {
-    /// Where the keys come from: `file` or `redis`.
+    /// Where the keys come from: `file`, `redis` or `process`.
     pub source: &'static str,
     /// The name (hex) of the key that encrypts new tickets. Names are sent
     /// in the clear in every ticket; all nodes of a farm show the same one.
@@ -722,6 +730,64 @@ impl KeySource for FileKeys {
                 Poll::Refused
             }
         }
+    }
+}
+
+/// Keys of this process alone, for a frontend that shares none (no
+/// `ticketKeys` file, not in cluster mode): a random key, replaced every
+/// `every` with the previous one kept, so a ticket resumes for at least
+/// `every`, on any worker of this process.
+pub struct OwnKeys {
+    every: Duration,
+    next: Mutex<Instant>,
+    keys: Mutex<KeySet>,
+}
+
+impl OwnKeys {
+    /// Fresh keys, replaced every `every`, and the keys to start with.
+    ///
+    /// # Errors
+    /// The system's random generator failed.
+    pub fn new(every: Duration) -> Result<(Self, KeySet), TicketKeyError> {
+        let random = || TicketKeyError::Random {
+            path: PathBuf::from("(the keys of this process)"),
+        };
+        let keys = KeySet::fresh().ok_or_else(random)?;
+        let copy = keys.copy().ok_or_else(random)?;
+        let own = Self {
+            every,
+            next: Mutex::new(Instant::now() + every),
+            keys: Mutex::new(copy),
+        };
+        Ok((own, keys))
+    }
+}
+
+impl KeySource for OwnKeys {
+    fn kind(&self) -> &'static str {
+        "process"
+    }
+
+    fn describe(&self) -> String {
+        "the keys of this process".into()
+    }
+
+    fn poll(&self) -> Poll {
+        let mut next = self.next.lock().unwrap_or_else(PoisonError::into_inner);
+        let now = Instant::now();
+        if now < *next {
+            return Poll::Same;
+        }
+        *next = now + self.every;
+        let mut keys = self.keys.lock().unwrap_or_else(PoisonError::into_inner);
+        let Some(new) = keys.copy().and_then(|k| k.rotated(2)) else {
+            return Poll::Same;
+        };
+        let Some(copy) = new.copy() else {
+            return Poll::Same;
+        };
+        *keys = copy;
+        Poll::New(new)
     }
 }
 
@@ -949,6 +1015,7 @@ impl rustls::server::ProducesTickets for Ticketer {
     }
 
     fn decrypt(&self, cipher: &[u8]) -> Option<Vec<u8>> {
+        super::note_resumption_offer();
         self.maybe_reload();
         if cipher.len() < NAME_LEN + NONCE_LEN + TAG_LEN {
             return self.fail();
@@ -1275,6 +1342,25 @@ mod tests {
         assert!(slow.decrypt(&forged).is_none());
         assert!(slow.decrypt(&forged).is_none());
         assert_eq!(slow.stats().unknown_key, 2);
+    }
+
+    #[test]
+    fn own_keys_are_replaced_keeping_the_previous_one() {
+        let (own, keys) = OwnKeys::new(Duration::ZERO).unwrap();
+        let t = Ticketer::new(Box::new(own), keys, 60, Duration::from_secs(3600)).unwrap();
+        let ticket = t.encrypt(b"own").unwrap();
+        assert!(t.reload_if_changed(), "due at once");
+        assert_eq!(t.keys().len(), 2);
+        assert_eq!(t.decrypt(&ticket).unwrap(), b"own", "the previous key decrypts");
+        assert!(t.reload_if_changed());
+        assert!(t.decrypt(&ticket).is_none(), "two replacements later it is gone");
+        // The unknown key name made it look once more (and, due at once,
+        // replace again).
+        let stats = t.stats();
+        assert_eq!((stats.source, stats.keys, stats.reloads), ("process", 2, 3));
+        let (own, keys) = OwnKeys::new(Duration::from_secs(3600)).unwrap();
+        let t = Ticketer::new(Box::new(own), keys, 60, Duration::ZERO).unwrap();
+        assert!(!t.reload_if_changed(), "not due");
     }
 
     #[test]
