@@ -231,7 +231,10 @@ fn two_nodes_sharing_redis_resume_each_others_sessions_and_survive_its_outage() 
         "served, not resumed: {no_redis}"
     );
     let tls = &frontend_in(&status(b.admin).expect("status"), "web")["tls"];
-    assert!(tls["resumptionMisses"].as_u64() >= Some(1), "counted: {tls}");
+    assert!(
+        tls["resumptionMisses"].as_u64() >= Some(1),
+        "counted: {tls}"
+    );
     assert!(
         a.lb.log().contains("cluster Redis unreachable")
             || b.lb.log().contains("cluster Redis unreachable"),

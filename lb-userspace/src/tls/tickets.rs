@@ -1351,9 +1351,16 @@ mod tests {
         let ticket = t.encrypt(b"own").unwrap();
         assert!(t.reload_if_changed(), "due at once");
         assert_eq!(t.keys().len(), 2);
-        assert_eq!(t.decrypt(&ticket).unwrap(), b"own", "the previous key decrypts");
+        assert_eq!(
+            t.decrypt(&ticket).unwrap(),
+            b"own",
+            "the previous key decrypts"
+        );
         assert!(t.reload_if_changed());
-        assert!(t.decrypt(&ticket).is_none(), "two replacements later it is gone");
+        assert!(
+            t.decrypt(&ticket).is_none(),
+            "two replacements later it is gone"
+        );
         // The unknown key name made it look once more (and, due at once,
         // replace again).
         let stats = t.stats();
