@@ -79,6 +79,49 @@ pub fn session_key_path(instance: &str) -> PathBuf {
     run_dir().join(format!("{instance}.session.key"))
 }
 
+/// The admin API token `lb` makes for the instance when `[admin]` names
+/// none (mode 0600, removed when the instance stops): `lb profile set` on
+/// the same host reads it.
+#[must_use]
+pub fn admin_token_path(instance: &str) -> PathBuf {
+    run_dir().join(format!("{instance}.admin.token"))
+}
+
+/// The secret in `path` if `whole` accepts what it holds; else a new one
+/// from `make`, written atomically with mode 0600 (the directory made if
+/// missing). A process and the one `--join`ed beside it so share it.
+///
+/// # Errors
+/// The file cannot be written, or `make` fails.
+pub fn load_or_create_secret(
+    path: &Path,
+    whole: impl Fn(&[u8]) -> bool,
+    make: impl FnOnce() -> std::io::Result<Vec<u8>>,
+) -> std::io::Result<Vec<u8>> {
+    if let Ok(bytes) = fs::read(path) {
+        if whole(&bytes) {
+            return Ok(bytes);
+        }
+    }
+    let secret = make()?;
+    if let Some(dir) = path.parent() {
+        fs::create_dir_all(dir)?;
+    }
+    let tmp = path.with_extension("tmp");
+    {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(&secret)?;
+    }
+    fs::rename(&tmp, path)?;
+    Ok(secret)
+}
+
 fn lock_path(instance: &str) -> PathBuf {
     run_dir().join(format!("{instance}.lock"))
 }

@@ -15,9 +15,11 @@
 //! - [`proxy`]: per-CPU workers proxying HTTP and TCP to the pools;
 //! - [`tls`]: TLS termination: certificates, SNI, tickets, session cache;
 //! - [`admin`]: the admin listener (`/api/status`, `/api/profiles`);
+//! - [`cli`]: the admin API from the command line (`lb profile`, `lb top`);
 //! - [`run`]: `lb run`, tying the above together until a signal.
 
 pub mod admin;
+pub mod cli;
 pub mod config;
 pub mod control;
 pub mod instance;

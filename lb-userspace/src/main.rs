@@ -1,5 +1,5 @@
-//! The `lb` command line: `run`, `check`, `stats`, `cert gen`,
-//! `tls rotate-keys`.
+//! The `lb` command line: `run`, `check`, `stats`, `top`, `profile`,
+//! `cert gen`, `tls rotate-keys`.
 
 use std::{path::PathBuf, process::ExitCode};
 
@@ -9,8 +9,30 @@ use lb::{config::Config, instance, stats::Stats};
 #[derive(Parser)]
 #[command(name = "lb", version, about = "An eBPF/XDP-assisted load balancer")]
 struct Cli {
+    /// Log lines as text or as JSON objects (one per line). `RUST_LOG`
+    /// chooses what is logged (default `info`).
+    #[arg(long, global = true, env = "LB_LOG_FORMAT", default_value = "text")]
+    log_format: LogFormat,
     #[command(subcommand)]
     cmd: Cmd,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Where a command finds a running `lb`'s admin API.
+#[derive(clap::Args)]
+struct AdminArgs {
+    /// The admin listener (`[admin] listen`) of the running `lb`.
+    #[arg(long, default_value = lb::admin::DEFAULT_LISTEN)]
+    admin: std::net::SocketAddr,
+    /// The `[global] instance` of the running `lb` (its pinned maps, and
+    /// the token file it made when the config names no token).
+    #[arg(long, default_value = "default")]
+    instance: String,
 }
 
 #[derive(Subcommand)]
@@ -49,6 +71,21 @@ enum Cmd {
         #[arg(long)]
         admin: Option<std::net::SocketAddr>,
     },
+    /// A live view of the counters, refreshed every second (Ctrl-C ends
+    /// it): per frontend requests, rate, connections and refusals by level
+    /// and axis; per pool maxConn and queue; per CPU handshakes.
+    Top {
+        #[command(flatten)]
+        at: AdminArgs,
+        /// Stop after this many frames (default: until Ctrl-C).
+        #[arg(long)]
+        count: Option<u64>,
+    },
+    /// Limit profiles in force, through the admin API.
+    Profile {
+        #[command(subcommand)]
+        cmd: ProfileCmd,
+    },
     /// Certificates.
     Cert {
         #[command(subcommand)]
@@ -64,6 +101,35 @@ enum Cmd {
     Janitor {
         #[arg(long)]
         instance: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum ProfileCmd {
+    /// Every profile (or NAME) with each axis in force and its pools.
+    Show {
+        /// One profile.
+        name: Option<String>,
+        #[command(flatten)]
+        at: AdminArgs,
+    },
+    /// Change axes of profile NAME live: `lb profile set web maxConn=500
+    /// maxSessRate=0` (the other axes keep their values; 0 turns one off).
+    Set {
+        /// The profile.
+        name: String,
+        /// `axis=value` pairs.
+        #[arg(required = true)]
+        assignments: Vec<String>,
+        #[command(flatten)]
+        at: AdminArgs,
+        /// The admin token (default: --token-file, LB_ADMIN_TOKEN, or the
+        /// instance's token file).
+        #[arg(long)]
+        token: Option<String>,
+        /// A file holding the admin token on its first line.
+        #[arg(long)]
+        token_file: Option<PathBuf>,
     },
 }
 
@@ -109,15 +175,18 @@ fn load(path: &std::path::Path) -> Result<Config, ExitCode> {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
     let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Json => logs.json().init(),
+        LogFormat::Text => logs
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+    }
     match cli.cmd {
         Cmd::Check { config } => match load(&config) {
             Ok(c) => {
@@ -199,10 +268,86 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Cmd::Top { at, count } => top(&at, count),
+        Cmd::Profile {
+            cmd: ProfileCmd::Show { name, at },
+        } => done(
+            "lb profile show",
+            lb::cli::profile_show(at.admin, name.as_deref()),
+        ),
+        Cmd::Profile {
+            cmd:
+                ProfileCmd::Set {
+                    name,
+                    assignments,
+                    at,
+                    token,
+                    token_file,
+                },
+        } => done(
+            "lb profile set",
+            lb::cli::token(&at.instance, token, token_file.as_deref())
+                .and_then(|t| lb::cli::profile_set(at.admin, &name, &assignments, t.as_deref())),
+        ),
         Cmd::Janitor { instance: name } => {
             instance::run_janitor(&name);
             ExitCode::SUCCESS
         }
+    }
+}
+
+/// Prints what a command made, or its error after `what:`.
+fn done(what: &str, r: Result<String, String>) -> ExitCode {
+    match r {
+        Ok(out) => {
+            print!("{out}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{what}: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `lb top`: a frame a second from `/api/status`, with the data plane's
+/// counters from the pinned maps when XDP is on; the screen is cleared
+/// between frames on a terminal.
+fn top(at: &AdminArgs, count: Option<u64>) -> ExitCode {
+    let tty = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    let mut prev: Option<(serde_json::Value, std::time::Instant)> = None;
+    let mut frames = 0u64;
+    loop {
+        let now = match lb::stats::fetch_status(at.admin) {
+            Ok(v) => v,
+            Err(e) => {
+                eprintln!("lb top: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let at_time = std::time::Instant::now();
+        let dt = prev
+            .as_ref()
+            .map_or(0.0, |(_, t)| at_time.duration_since(*t).as_secs_f64());
+        let mut frame = lb::cli::top_frame(&now, prev.as_ref().map(|(v, _)| v), dt);
+        if let Ok(s) = Stats::read(&at.instance) {
+            frame.push_str(
+                "
+XDP (pinned maps)
+",
+            );
+            frame.push_str(&s.render(false));
+        }
+        if tty {
+            print!("\x1b[H\x1b[2J");
+        }
+        println!("{frame}");
+        frames += 1;
+        if count.is_some_and(|c| frames >= c) {
+            return ExitCode::SUCCESS;
+        }
+        prev = Some((now, at_time));
+        std::thread::sleep(std::time::Duration::from_secs(1));
     }
 }
 

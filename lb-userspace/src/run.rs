@@ -227,13 +227,13 @@ pub fn run(cfg: &Config, join: bool) -> Result<()> {
                 },
                 |l| l.0,
             );
-            let server = admin_token(a).and_then(|token| {
+            let server = admin_token(a, name).and_then(|token| {
                 rt.block_on(admin::start(
                     addr,
                     admin::Admin {
                         shared: Arc::clone(proxy.shared()),
                         control: Arc::clone(&control),
-                        token,
+                        token: Some(token),
                         redis: redis.clone(),
                     },
                 ))
@@ -283,6 +283,13 @@ pub fn run(cfg: &Config, join: bool) -> Result<()> {
         .is_some()
     {
         let _ = std::fs::remove_file(instance::session_key_path(name));
+        if cfg
+            .admin
+            .as_ref()
+            .is_some_and(|a| a.token.is_none() && a.token_file.is_none())
+        {
+            let _ = std::fs::remove_file(instance::admin_token_path(name));
+        }
     }
     stop_xdp(started.map(|s| match Arc::try_unwrap(s) {
         Ok(m) => m.into_inner().unwrap_or_else(PoisonError::into_inner),
@@ -298,19 +305,61 @@ pub fn run(cfg: &Config, join: bool) -> Result<()> {
     }))
 }
 
-/// The admin token: `token`, or the first line of `tokenFile`.
-fn admin_token(a: &crate::config::Admin) -> Result<Option<String>> {
+/// The admin token: `token`, the first line of `tokenFile` (which must not
+/// be readable by group or others), or else one made for the instance in
+/// [`instance::admin_token_path`] (kept by a `--join`ed process).
+fn admin_token(a: &crate::config::Admin, name: &str) -> Result<String> {
+    use std::os::unix::fs::MetadataExt as _;
     if let Some(t) = &a.token {
-        return Ok(Some(t.clone()));
+        return Ok(t.clone());
     }
-    a.token_file
-        .as_ref()
-        .map(|f| {
-            std::fs::read_to_string(f)
-                .map(|t| t.trim().to_owned())
-                .with_context(|| format!("reading [admin] tokenFile {}", f.display()))
-        })
-        .transpose()
+    if let Some(f) = &a.token_file {
+        let mode = std::fs::metadata(f)
+            .with_context(|| format!("reading [admin] tokenFile {}", f.display()))?
+            .mode();
+        if mode & 0o077 != 0 {
+            anyhow::bail!(
+                "[admin] tokenFile {} is open to group or others (mode {:04o}); allowed: 0600 \
+                 or 0400 (chmod 600 {})",
+                f.display(),
+                mode & 0o7777,
+                f.display()
+            );
+        }
+        let text = std::fs::read_to_string(f)
+            .with_context(|| format!("reading [admin] tokenFile {}", f.display()))?;
+        let token = text.lines().next().unwrap_or_default().trim().to_owned();
+        if token.is_empty() {
+            anyhow::bail!(
+                "[admin] tokenFile {} is empty; allowed: the token on its first line",
+                f.display()
+            );
+        }
+        return Ok(token);
+    }
+    let path = instance::admin_token_path(name);
+    let hex = |b: &[u8]| b.iter().all(u8::is_ascii_hexdigit);
+    let token = instance::load_or_create_secret(
+        &path,
+        |b| b.len() == 48 && hex(b),
+        || {
+            let mut raw = [0u8; 24];
+            aws_lc_rs::rand::fill(&mut raw)
+                .map_err(|_| std::io::Error::other("the random generator failed"))?;
+            Ok(raw
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>()
+                .into_bytes())
+        },
+    )
+    .with_context(|| format!("making the admin token {}", path.display()))?;
+    info!(
+        file = %path.display(),
+        "admin API: changes need `Authorization: Bearer <the token in this file>` \
+         (`lb profile set` reads it)"
+    );
+    Ok(String::from_utf8_lossy(&token).into_owned())
 }
 
 /// Detaches XDP and removes the pins (when started and owned: a joined

@@ -341,19 +341,7 @@ impl Stats {
 /// # Errors
 /// No answer, or not JSON.
 pub fn fetch_status(admin: SocketAddr) -> Result<Value, String> {
-    use std::io::{Read as _, Write as _};
-    let timeout = std::time::Duration::from_secs(5);
-    let mut s = std::net::TcpStream::connect_timeout(&admin, timeout)
-        .map_err(|e| format!("connecting to the admin listener {admin}: {e}"))?;
-    let _ = s.set_read_timeout(Some(timeout));
-    s.write_all(b"GET /api/status HTTP/1.0\r\nHost: lb\r\n\r\n")
-        .map_err(|e| format!("{admin}: {e}"))?;
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw)
-        .map_err(|e| format!("{admin}: {e}"))?;
-    let text = String::from_utf8_lossy(&raw);
-    let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
-    serde_json::from_str(body).map_err(|e| format!("{admin}: /api/status is not JSON ({e})"))
+    crate::cli::get_json(admin, "/api/status")
 }
 
 /// The proxy's refusals by frontend, level and axis, and each level's

@@ -84,7 +84,9 @@ impl Lb {
         let mut lb = Self { child, log };
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
-            if lb.log().contains(" ready") {
+            // Text logs say ` ready`, JSON ones `"message":"ready`.
+            let log = lb.log();
+            if log.contains(" ready") || log.contains("\"ready") {
                 return Ok(lb);
             }
             if let Some(status) = lb.child.try_wait()? {

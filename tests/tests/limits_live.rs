@@ -35,6 +35,19 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+/// The admin token of this file's configs.
+const TOKEN: &str = "lb-live-token";
+
+/// `PUT /api/profiles/NAME` with a JSON body and the admin token.
+fn put_auth(admin: SocketAddr, name: &str, json: &str) -> Reply {
+    put(
+        admin,
+        name,
+        json,
+        &["-H", &format!("Authorization: Bearer {TOKEN}")],
+    )
+}
+
 /// `PUT /api/profiles/NAME` with a JSON body, plus `extra` curl arguments.
 fn put(admin: SocketAddr, name: &str, json: &str, extra: &[&str]) -> Reply {
     let mut args = vec![
@@ -164,6 +177,7 @@ instance = "live{tag}"
 mode = "off"
 [admin]
 listen = "{admin}"
+token = "{TOKEN}"
 [[frontend]]
 name = "fa"
 listen = "{fa}"
@@ -229,7 +243,7 @@ maxSessRate = 0
         // Changes at 1, 2.5 and 4 s of the 6 s run.
         let at = Duration::from_millis(1000 + 1500 * i as u64);
         thread::sleep(at.saturating_sub(started.elapsed()));
-        let r = put(admin, "shared", json, &[]);
+        let r = put_auth(admin, "shared", json);
         assert_eq!(r.status, 200, "PUT {json}: {r:?}");
         let v: Value = serde_json::from_str(&r.body).expect("JSON");
         assert_eq!(v["applied"], "shared", "{v:#}");
@@ -279,7 +293,7 @@ maxSessRate = 0
 /// in `[admin]` when given.
 fn two_profiles(admin: SocketAddr, backend: SocketAddr, token: Option<&str>) -> String {
     let (fa, fb) = (free_addr("127.0.0.1"), free_addr("127.0.0.1"));
-    let token = token.map_or(String::new(), |t| format!("token = \"{t}\"\n"));
+    let token = format!("token = \"{}\"\n", token.unwrap_or(TOKEN));
     format!(
         r#"[global]
 instance = "live{tag}"
@@ -333,30 +347,30 @@ fn a_bad_change_is_refused_with_the_reason_and_nothing_changes() {
         assert_eq!(pool_conns(admin, "pb", "limit"), 200, "after {what}");
     };
 
-    let r = put(admin, "nope", r#"{"maxConn": 5}"#, &[]);
+    let r = put_auth(admin, "nope", r#"{"maxConn": 5}"#);
     assert_eq!(r.status, 404, "{r:?}");
     assert_eq!(error_of(&r), "no profile `nope`; profiles: a, b", "{r:?}");
     unchanged("an unknown profile");
 
-    let r = put(admin, "a", r#"{"maxConn": 2000000}"#, &[]);
+    let r = put_auth(admin, "a", r#"{"maxConn": 2000000}"#);
     assert_eq!(r.status, 400, "{r:?}");
     let e = error_of(&r);
     assert!(e.contains("2000000") && e.contains("0..=1000000"), "{e}");
     unchanged("maxConn out of range");
 
-    let r = put(admin, "a", r#"{"maxConn": 5, "maxBufferSize": "1KB"}"#, &[]);
+    let r = put_auth(admin, "a", r#"{"maxConn": 5, "maxBufferSize": "1KB"}"#);
     assert_eq!(r.status, 400, "{r:?}");
     let e = error_of(&r);
     assert!(e.contains("16KB..=256KB"), "{e}");
     unchanged("maxBufferSize out of range");
 
-    let r = put(admin, "a", r#"{"maxConn": 5, "maxConns": 6}"#, &[]);
+    let r = put_auth(admin, "a", r#"{"maxConn": 5, "maxConns": 6}"#);
     assert_eq!(r.status, 400, "{r:?}");
     let e = error_of(&r);
     assert!(e.contains("maxConns"), "names the unknown key: {e}");
     unchanged("an unknown key");
 
-    let r = put(admin, "a", r#"{"maxConn": "#, &[]);
+    let r = put_auth(admin, "a", r#"{"maxConn": "#);
     assert_eq!(r.status, 400, "{r:?}");
     assert!(error_of(&r).contains("profile `a`"), "{r:?}");
     unchanged("truncated JSON");
@@ -373,7 +387,7 @@ fn a_bad_change_is_refused_with_the_reason_and_nothing_changes() {
     unchanged("wrong methods");
 
     // The control: a good change does change it.
-    let r = put(admin, "a", r#"{"maxConn": 5}"#, &[]);
+    let r = put_auth(admin, "a", r#"{"maxConn": 5}"#);
     assert_eq!(r.status, 200, "{r:?}");
     assert_eq!(pool_conns(admin, "pa", "limit"), 5);
     let now = profiles(admin);
@@ -430,6 +444,7 @@ instance = "live{tag}"
 mode = "off"
 [admin]
 listen = "{admin}"
+token = "{TOKEN}"
 [[frontend]]
 name = "f1"
 listen = "{f1}"
@@ -469,7 +484,7 @@ maxConn = 1
     let r = curl(&format!("http://{f1}/"), &["--max-time", "10"]).expect("curl");
     assert_eq!(r.status, 503, "{r:?}");
     assert_eq!(r.header("lb-limit"), Some("pool/maxConn"), "{r:?}");
-    let p = put(admin, "one", r#"{"maxConn": 5}"#, &[]);
+    let p = put_auth(admin, "one", r#"{"maxConn": 5}"#);
     assert_eq!(p.status, 200, "{p:?}");
     assert_eq!(pool_conns(admin, "held", "limit"), 5);
     let r = curl(&format!("http://{f1}/"), &["--max-time", "10"]).expect("curl");
@@ -494,7 +509,7 @@ maxConn = 1
         ) == 2),
         "the slow requests never took their slots"
     );
-    let p = put(admin, "one", r#"{"maxConn": 1}"#, &[]);
+    let p = put_auth(admin, "one", r#"{"maxConn": 1}"#);
     assert_eq!(p.status, 200, "{p:?}");
     let r = curl(&format!("http://{f1}/"), &["--max-time", "10"]).expect("curl");
     assert_eq!(r.status, 503, "2 in flight, limit 1: {r:?}");
@@ -536,7 +551,7 @@ maxConn = 1
         "the second request is not waiting in the queue: {:#}",
         pool_in(&status(admin).expect("status"), "queued")
     );
-    let p = put(admin, "oneq", r#"{"maxConn": 2}"#, &[]);
+    let p = put_auth(admin, "oneq", r#"{"maxConn": 2}"#);
     assert_eq!(p.status, 200, "{p:?}");
     let (r, took) = waiter.join().expect("waiter");
     assert_eq!(r.status, 200, "{r:?}");
@@ -575,6 +590,7 @@ instance = "live{tag}"
 mode = "off"
 [admin]
 listen = "{admin}"
+token = "{TOKEN}"
 [[frontend]]
 name = "web"
 listen = "{front}"

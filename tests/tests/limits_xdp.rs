@@ -55,7 +55,7 @@ fn config(instance: &str, iface: &str, levels: &Levels, admin: bool) -> String {
         format!("[frontend.limits]\nmaxConnRate = {r}\n")
     });
     let admin = if admin {
-        format!("[admin]\nlisten = \"{ADMIN}\"\n")
+        format!("[admin]\nlisten = \"{ADMIN}\"\ntoken = \"lb-xdp-token\"\n")
     } else {
         String::new()
     };
@@ -362,6 +362,8 @@ fn a_live_profile_change_reaches_the_xdp_buckets() {
         &[
             "-X",
             "PUT",
+            "-H",
+            "Authorization: Bearer lb-xdp-token",
             "-H",
             "Content-Type: application/json",
             "--data",

@@ -211,10 +211,13 @@ pub struct Admin {
     /// Address of the admin listener; default `127.0.0.1:9100`.
     #[serde(default)]
     pub listen: Option<Listen>,
-    /// Bearer token needed for changes.
+    /// Bearer token needed for changes. With neither this nor `tokenFile`,
+    /// `lb` makes one at start in `/run/lb/<instance>.admin.token` (0600).
+    /// Required when `listen` is not a loopback address.
     #[serde(default)]
     pub token: Option<String>,
-    /// File holding the token (instead of `token`).
+    /// File holding the token on its first line (instead of `token`); must
+    /// not be readable by group or others.
     #[serde(default)]
     pub token_file: Option<PathBuf>,
 }
@@ -419,6 +422,30 @@ impl Config {
             );
         }
 
+        if let Some(a) = &self.admin {
+            let has_token = a.token.is_some() || a.token_file.is_some();
+            if a.token.is_some() && a.token_file.is_some() {
+                problem(
+                    &[Seg::Key("admin"), Seg::Key("tokenFile")],
+                    "admin.tokenFile".into(),
+                    "set together with admin.token; allowed: one of them".into(),
+                );
+            }
+            if let Some(l) = a.listen.filter(|l| !l.0.ip().is_loopback()) {
+                if !has_token {
+                    problem(
+                        &[Seg::Key("admin"), Seg::Key("listen")],
+                        "admin.listen".into(),
+                        format!(
+                            "`{}` is not a loopback address and no token is set: anyone who \
+                             reaches it could change limits; allowed: a loopback address \
+                             (127.0.0.1, ::1), or set admin.token or admin.tokenFile",
+                            l.0
+                        ),
+                    );
+                }
+            }
+        }
         if let Some(c) = &self.cluster {
             let rotation = c.ticket_rotation.0;
             if !rotation.is_zero()

@@ -114,8 +114,26 @@ impl<'de, const MIN: u64, const MAX: u64> Deserialize<'de> for Ranged<MIN, MAX> 
 pub struct RangedSize<const MIN: u64, const MAX: u64>(pub u64);
 
 impl<'de, const MIN: u64, const MAX: u64> Deserialize<'de> for RangedSize<MIN, MAX> {
+    /// A size string (`"128KB"`), or a number of bytes (what the admin API
+    /// shows, so a value read from it can be sent back).
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let ConfigSize(v) = ConfigSize::deserialize(d)?;
+        struct V;
+        impl de::Visitor<'_> for V {
+            type Value = u64;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a size string such as \"128KB\", or a number of bytes")
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<u64, E> {
+                Ok(v)
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<u64, E> {
+                u64::try_from(v).map_err(|_| E::custom(format!("{v} bytes is negative")))
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<u64, E> {
+                s.parse::<ConfigSize>().map(|c| c.0).map_err(E::custom)
+            }
+        }
+        let v = d.deserialize_any(V)?;
         if (MIN..=MAX).contains(&v) {
             Ok(Self(v))
         } else {
@@ -153,6 +171,18 @@ mod tests {
         assert_eq!("1MB".parse::<ConfigSize>(), Ok(ConfigSize(1_048_576)));
         assert!("128".parse::<ConfigSize>().is_err());
         assert!("12GB".parse::<ConfigSize>().is_err());
+    }
+
+    #[test]
+    fn ranged_sizes_take_a_unit_string_or_bytes() {
+        type Buf = RangedSize<{ 16 * 1024 }, { 256 * 1024 }>;
+        let parse = |v: serde_json::Value| serde_json::from_value::<Buf>(v).map(|b| b.0);
+        assert_eq!(parse(serde_json::json!("128KB")).unwrap(), 131_072);
+        assert_eq!(parse(serde_json::json!(131_072)).unwrap(), 131_072);
+        assert!(parse(serde_json::json!(-1)).is_err());
+        assert!(parse(serde_json::json!("128")).is_err());
+        let e = parse(serde_json::json!(1024)).unwrap_err().to_string();
+        assert!(e.contains("allowed 16KB..=256KB"), "{e}");
     }
 
     #[test]

@@ -9,7 +9,6 @@
 
 use std::{
     hash::Hasher as _,
-    io::Write as _,
     path::Path,
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
@@ -65,28 +64,17 @@ impl Sessions {
     /// # Errors
     /// The file cannot be read or made.
     pub fn load_or_create(path: &Path) -> std::io::Result<Self> {
-        if let Ok(bytes) = std::fs::read(path) {
-            if let Ok(key) = <[u8; 16]>::try_from(bytes.as_slice()) {
-                return Ok(Self::with_key(key));
-            }
-        }
-        let mut key = [0u8; 16];
-        std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut key)?;
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)?;
-        }
-        let tmp = path.with_extension("tmp");
-        {
-            use std::os::unix::fs::OpenOptionsExt as _;
-            let mut f = std::fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(&tmp)?;
-            f.write_all(&key)?;
-        }
-        std::fs::rename(&tmp, path)?;
+        let bytes = crate::instance::load_or_create_secret(
+            path,
+            |b| b.len() == 16,
+            || {
+                let mut key = vec![0u8; 16];
+                std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut key)?;
+                Ok(key)
+            },
+        )?;
+        let key = <[u8; 16]>::try_from(bytes.as_slice())
+            .map_err(|_| std::io::Error::other("a session key is 16 bytes"))?;
         Ok(Self::with_key(key))
     }
 
