@@ -1,9 +1,14 @@
 //! The admin listener, on the main thread's runtime, never on a worker:
+//! - `GET /`: the operator's status page, one self-contained HTML file
+//!   (`status_page.html`, embedded) that reads `/api/status` every 2 s
+//!   (see docs/status-page.md);
 //! - `GET /api/status` (JSON): the proxy's counters per worker, frontend,
 //!   pool and backend, and each level's `maxConn` accounting;
 //! - `GET /api/profiles`: the profiles in force and the pools bound to each;
 //! - `PUT /api/profiles/NAME`: replace a profile live (see [`Control`]);
-//!   with `[admin] token` set it needs `Authorization: Bearer <token>`.
+//!   with `[admin] token` set it needs `Authorization: Bearer <token>`;
+//! - `GET /metrics`: the same counters and more for Prometheus (see
+//!   [`crate::metrics`]).
 
 use std::{convert::Infallible, net::SocketAddr, sync::atomic::Ordering::Relaxed, sync::Arc};
 
@@ -267,11 +272,13 @@ pub async fn start(addr: SocketAddr, admin: Admin) -> Result<tokio::task::JoinHa
 /// The largest request body the API reads.
 const MAX_BODY: usize = 64 * 1024;
 
-const ENDPOINTS: &str = "GET /api/status, GET /api/profiles, PUT /api/profiles/NAME";
+const ENDPOINTS: &str =
+    "GET /, GET /api/status, GET /api/profiles, PUT /api/profiles/NAME, GET /metrics";
 
 async fn route(req: Request<Incoming>, admin: &Admin) -> Response<Full<Bytes>> {
     let path = req.uri().path().to_owned();
     match (req.method().clone(), path.as_str()) {
+        (Method::GET, "/") => status_page(),
         (Method::GET, "/api/status") => {
             let mut v = serde_json::to_value(Status::collect(&admin.shared)).unwrap_or_default();
             if let Some(r) = &admin.redis {
@@ -280,11 +287,12 @@ async fn route(req: Request<Incoming>, admin: &Admin) -> Response<Full<Bytes>> {
             ok_json(&v)
         }
         (Method::GET, "/api/profiles") => ok_json(&admin.control.profiles()),
+        (Method::GET, "/metrics") => metrics(admin),
         (Method::PUT, p) if p.starts_with("/api/profiles/") => {
             let name = p.trim_start_matches("/api/profiles/").to_owned();
             put_profile(req, &name, admin).await
         }
-        (_, "/api/status" | "/api/profiles") => error_json(
+        (_, "/" | "/api/status" | "/api/profiles" | "/metrics") => error_json(
             StatusCode::METHOD_NOT_ALLOWED,
             &format!("method not allowed; allowed: {ENDPOINTS}"),
         ),
@@ -339,6 +347,38 @@ async fn put_profile(req: Request<Incoming>, name: &str, admin: &Admin) -> Respo
             error_json(status, &e.to_string())
         }
     }
+}
+
+/// `GET /metrics`: the counters in the OpenMetrics text format.
+fn metrics(admin: &Admin) -> Response<Full<Bytes>> {
+    match crate::metrics::Scrape::collect(&admin.shared, &admin.control).render() {
+        Ok(text) => {
+            let mut r = Response::new(Full::new(Bytes::from(text)));
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static(crate::metrics::CONTENT_TYPE),
+            );
+            r
+        }
+        Err(e) => error_json(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+    }
+}
+
+/// The status page: inline CSS and JS, no external asset (it must work on
+/// a console that reaches nothing but this listener).
+const STATUS_PAGE: &str = include_str!("status_page.html");
+
+/// `GET /`: the status page.
+fn status_page() -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from_static(STATUS_PAGE.as_bytes())));
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    // A new lb may serve a new page: never keep an old one.
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    r
 }
 
 fn ok_json<T: Serialize>(v: &T) -> Response<Full<Bytes>> {

@@ -8,10 +8,17 @@
 //! `limits`, any profile, which profile a pool names, a pool's queue.
 //! Anything else (frontends, pools, backends, addresses, ...) takes a
 //! restart (or `lb run --join`); a reload that changes it is refused.
+//!
+//! Every change is counted by where it came from and how it ended, and
+//! each one applied moves the configuration generation (`/metrics`).
 
 use std::{
     collections::BTreeMap,
-    sync::{Arc, Mutex, PoisonError},
+    path::PathBuf,
+    sync::{
+        atomic::{AtomicU64, Ordering::Relaxed},
+        Arc, Mutex, PoisonError,
+    },
 };
 
 use tracing::info;
@@ -48,6 +55,63 @@ pub enum ChangeError {
     Xdp(String),
 }
 
+/// Where a change came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// SIGHUP: the file re-read.
+    Sighup,
+    /// `PUT /api/profiles/NAME`.
+    Api,
+}
+
+impl Source {
+    /// Both, in counter order.
+    pub const ALL: [Self; 2] = [Self::Sighup, Self::Api];
+
+    /// As a metric label: `sighup | api`.
+    #[must_use]
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Sighup => "sighup",
+            Self::Api => "api",
+        }
+    }
+}
+
+/// How a change ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Applied.
+    Ok,
+    /// Refused with its reason; the running configuration stays.
+    Refused,
+    /// Applied to the proxy, but writing the XDP maps failed.
+    XdpFailed,
+}
+
+impl Outcome {
+    /// All three, in counter order.
+    pub const ALL: [Self; 3] = [Self::Ok, Self::Refused, Self::XdpFailed];
+
+    /// As a metric label: `ok | refused | xdp_failed`.
+    #[must_use]
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Ok => "ok",
+            Self::Refused => "refused",
+            Self::XdpFailed => "xdp_failed",
+        }
+    }
+
+    fn of(r: &Result<(), ChangeError>) -> Self {
+        match r {
+            Ok(()) => Self::Ok,
+            Err(ChangeError::Xdp(_)) => Self::XdpFailed,
+            Err(_) => Self::Refused,
+        }
+    }
+}
+
 /// The running configuration and what applies changes to it.
 pub struct Control {
     cfg: Mutex<Config>,
@@ -56,6 +120,11 @@ pub struct Control {
     xdp_generation: Mutex<u32>,
     /// Each frontend's TLS (None: plain), for certificate reloads.
     tls: Vec<Option<Arc<crate::tls::FrontendTls>>>,
+    /// The configuration generation: 1 at start, one more per change
+    /// applied (to the proxy at least).
+    generation: AtomicU64,
+    /// Changes by [`Source`] and [`Outcome`] (`[source][outcome]`).
+    changes: [[AtomicU64; 3]; 2],
 }
 
 impl std::fmt::Debug for Control {
@@ -148,7 +217,47 @@ impl Control {
             plane,
             xdp_generation: Mutex::new(1),
             tls,
+            generation: AtomicU64::new(1),
+            changes: Default::default(),
         }
+    }
+
+    /// The configuration generation in force: 1 at start, one more per
+    /// change applied.
+    #[must_use]
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Relaxed)
+    }
+
+    /// Changes so far, by source and outcome (every pair, zeros included).
+    #[must_use]
+    pub fn changes(&self) -> Vec<(Source, Outcome, u64)> {
+        Source::ALL
+            .iter()
+            .enumerate()
+            .flat_map(|(i, &s)| {
+                Outcome::ALL
+                    .iter()
+                    .enumerate()
+                    .map(move |(j, &o)| (s, o, self.changes[i][j].load(Relaxed)))
+            })
+            .collect()
+    }
+
+    fn count(&self, source: Source, r: &Result<(), ChangeError>) {
+        // Both enums list their variants in `ALL` order.
+        self.changes[source as usize][Outcome::of(r) as usize].fetch_add(1, Relaxed);
+    }
+
+    /// Where the XDP maps this process uses are pinned, while its XDP data
+    /// plane is loaded (None: XDP off, not allowed, or detached).
+    #[must_use]
+    pub fn xdp_pins(&self) -> Option<PathBuf> {
+        let loaded = self
+            .plane
+            .as_ref()
+            .is_some_and(|p| p.lock().unwrap_or_else(PoisonError::into_inner).is_some());
+        loaded.then(|| crate::instance::pin_dir(&self.lock().global.instance))
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Config> {
@@ -184,6 +293,12 @@ impl Control {
     /// # Errors
     /// Unknown profile, invalid JSON or values, or the XDP maps failed.
     pub fn put_profile(&self, name: &str, json: &[u8]) -> Result<(), ChangeError> {
+        let r = self.try_put_profile(name, json);
+        self.count(Source::Api, &r);
+        r
+    }
+
+    fn try_put_profile(&self, name: &str, json: &[u8]) -> Result<(), ChangeError> {
         let limits = parse_profile(name, json)?;
         let mut next = self.lock().clone();
         let Some(slot) = next.profile.get_mut(name) else {
@@ -204,6 +319,12 @@ impl Control {
     /// The file is invalid or changes more than limits, or a certificate
     /// file is refused.
     pub fn reload(&self) -> Result<(), ChangeError> {
+        let r = self.try_reload();
+        self.count(Source::Sighup, &r);
+        r
+    }
+
+    fn try_reload(&self) -> Result<(), ChangeError> {
         let path = self.lock().path.clone();
         let next = Config::load(&path).map_err(|e| ChangeError::Invalid(e.to_string()))?;
         if let Some(part) = not_live(&self.lock(), &next) {
@@ -252,6 +373,7 @@ impl Control {
             }
         });
         *cfg = next;
+        self.generation.fetch_add(1, Relaxed);
         info!(by, "limits applied");
         match xdp {
             Some(Err(e)) => Err(ChangeError::Xdp(e.to_string())),
@@ -294,6 +416,49 @@ mod tests {
         let ok = parse_profile("p", br#"{"maxConn": 5, "maxBufferSize": "64KB"}"#).expect("valid");
         assert_eq!(ok.profile(Axis::MaxConn), 5);
         assert_eq!(ok.profile(Axis::MaxBufferSize), 64 * 1024);
+    }
+
+    #[test]
+    fn changes_are_counted_by_source_and_outcome_and_move_the_generation() {
+        let cfg = Config::parse(
+            r#"
+            [xdp]
+            mode = "off"
+            [[frontend]]
+            name = "web"
+            listen = "127.0.0.1:1"
+            pool = "p"
+            [[pool]]
+            name = "p"
+            profile = "a"
+            backends = ["127.0.0.1:2"]
+            [profile.a]
+            "#,
+            Path::new("/nonexistent/lb-control-test.toml"),
+        )
+        .expect("valid");
+        let table = crate::limits::slots::Table::heap(lb_common::MAX_BUCKETS as usize);
+        let live = Arc::new(Live::new(&cfg, Arc::new(table)));
+        let c = Control::new(cfg, live, None, vec![None]);
+        assert_eq!(c.generation(), 1);
+        assert_eq!(c.xdp_pins(), None, "no data plane");
+        c.put_profile("a", br#"{"maxConn": 5}"#).expect("applied");
+        c.put_profile("b", br#"{"maxConn": 5}"#)
+            .expect_err("no such profile");
+        c.put_profile("a", b"[1]").expect_err("not an object");
+        c.reload().expect_err("the file is gone");
+        assert_eq!(c.generation(), 2, "one change applied");
+        let n = |s, o| {
+            c.changes()
+                .iter()
+                .find(|(cs, co, _)| (*cs, *co) == (s, o))
+                .map_or(0, |x| x.2)
+        };
+        assert_eq!(n(Source::Api, Outcome::Ok), 1);
+        assert_eq!(n(Source::Api, Outcome::Refused), 2);
+        assert_eq!(n(Source::Sighup, Outcome::Refused), 1);
+        assert_eq!(n(Source::Sighup, Outcome::Ok), 0);
+        assert_eq!(c.changes().len(), 6, "every pair, zeros included");
     }
 
     #[test]

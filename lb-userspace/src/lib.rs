@@ -15,6 +15,8 @@
 //! - [`proxy`]: per-CPU workers proxying HTTP and TCP to the pools;
 //! - [`tls`]: TLS termination: certificates, SNI, tickets, session cache;
 //! - [`admin`]: the admin listener (`/api/status`, `/api/profiles`);
+//! - [`metrics`]: Prometheus metrics (`/metrics`) and the histograms behind
+//!   them;
 //! - [`cli`]: the admin API from the command line (`lb profile`, `lb top`);
 //! - [`run`]: `lb run`, tying the above together until a signal.
 
@@ -24,6 +26,7 @@ pub mod config;
 pub mod control;
 pub mod instance;
 pub mod limits;
+pub mod metrics;
 pub mod pool;
 pub mod proxy;
 pub mod run;

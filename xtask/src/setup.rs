@@ -10,7 +10,8 @@
 //!   (nghttp2-client), `wrk` and `ab` (apache2-utils) (proxy and TLS tests,
 //!   benchmarks), `nginx-light`
 //!   and `haproxy` (benchmark peers; their services are not started),
-//!   `redis-server` (the cluster tests start their own);
+//!   `redis-server` (the cluster tests start their own), `chromium` (the
+//!   status page test renders the admin page headless and screenshots it);
 //! - `rust-src` for the nightly toolchain (`-Z build-std=core`);
 //! - `bpf-linker`, built with LLVM 22.
 
@@ -37,6 +38,8 @@ const APT: &[(&str, &str)] = &[
     ("haproxy", "/usr/sbin/haproxy"),
     // The shared TLS session cache of the cluster tests (started by them).
     ("redis-server", "/usr/bin/redis-server"),
+    // The status page test loads the admin page in headless Chromium.
+    ("chromium", "/usr/bin/chromium"),
 ];
 
 fn quiet(cmd: &mut Command) -> Result<bool> {

@@ -14,6 +14,9 @@
 //! level queues the taker (FIFO, bounded by `depth`, each waiter for at most
 //! `timeout`); a freed slot goes straight to the oldest waiter. Global and
 //! frontend levels have no queue: over the limit is a refusal at once.
+//!
+//! Each waiter's time in the queue is counted when it leaves ([`QueueWaits`],
+//! atomic buckets: the queued path only, and no lock of its own).
 
 use std::{
     collections::VecDeque,
@@ -28,6 +31,7 @@ use std::{
 use tokio::sync::oneshot;
 
 use super::Level;
+use crate::metrics::DurationHistogram;
 
 /// The counts of one level; the layout of `lb_common::PoolState`.
 #[repr(C)]
@@ -173,6 +177,16 @@ struct Queue {
     waiters: VecDeque<(u64, oneshot::Sender<()>)>,
 }
 
+/// How long this process's waiters spent in a level's queue, counted when
+/// they leave it.
+#[derive(Debug, Default)]
+pub struct QueueWaits {
+    /// Waiters that got a slot.
+    pub admitted: DurationHistogram,
+    /// Waiters refused at the queue's timeout.
+    pub timed_out: DurationHistogram,
+}
+
 /// `maxConn` at one level.
 #[derive(Debug)]
 pub struct ConnLimit {
@@ -187,6 +201,8 @@ pub struct ConnLimit {
     queue: Mutex<Queue>,
     /// Waiters in this process's queue.
     local_queued: AtomicU64,
+    /// Time spent in the queue by those that left it.
+    pub waits: QueueWaits,
 }
 
 /// A slot held: given back on drop (to the oldest waiter if there is one).
@@ -215,6 +231,7 @@ impl ConnLimit {
             timeout_ns: AtomicU64::new(0),
             queue: Mutex::new(Queue::default()),
             local_queued: AtomicU64::new(0),
+            waits: QueueWaits::default(),
         }
     }
 
@@ -326,6 +343,15 @@ impl ConnLimit {
             (id, rx)
         };
         self.update_saturated();
+        let queued_at = tokio::time::Instant::now();
+        let admitted = || {
+            self.waits.admitted.observe(queued_at.elapsed());
+            Ok(Permit(Arc::clone(self)))
+        };
+        let timed_out = || {
+            self.waits.timed_out.observe(queued_at.elapsed());
+            Err(Refused::Timeout)
+        };
         let timeout = Duration::from_nanos(self.timeout_ns.load(Relaxed));
         let deadline = tokio::time::sleep(timeout);
         tokio::pin!(deadline, rx);
@@ -334,19 +360,19 @@ impl ConnLimit {
             tokio::select! {
                 r = &mut rx => {
                     if r.is_ok() {
-                        return Ok(Permit(Arc::clone(self)));
+                        return admitted();
                     }
                     // The sender was dropped without a slot: cannot happen
                     // while we are queued; treat as a timeout.
-                    return Err(Refused::Timeout);
+                    return timed_out();
                 }
                 () = &mut deadline => {
                     let removed = self.remove(id);
                     // Handed a slot just as time ran out: keep it.
                     if !removed && rx.try_recv().is_ok() {
-                        return Ok(Permit(Arc::clone(self)));
+                        return admitted();
                     }
-                    return Err(Refused::Timeout);
+                    return timed_out();
                 }
                 _ = poll.tick() => {
                     // A slot freed by another process (or a raised limit
@@ -356,7 +382,7 @@ impl ConnLimit {
                         q.waiters.pop_front();
                         drop(q);
                         self.dequeued();
-                        return Ok(Permit(Arc::clone(self)));
+                        return admitted();
                     }
                 }
             }
@@ -459,6 +485,13 @@ mod tests {
         assert_eq!(*order.lock().expect("lock"), [0, 1, 2]);
         assert_eq!((l.active(), l.queued()), (0, 0));
         assert_eq!(l.counts().saturated.load(Relaxed), 0);
+        // Three waits counted as they left the queue; the one refused at
+        // once never queued.
+        let waits = l.waits.admitted.snapshot();
+        assert_eq!(waits.count(), 3);
+        assert_eq!(l.waits.timed_out.snapshot().count(), 0);
+        // Served 5 ms apart, in paused time: 0, 5 and 10 ms.
+        assert_eq!(waits.sum_ns, 15_000_000);
     }
 
     #[tokio::test(start_paused = true)]
@@ -467,6 +500,8 @@ mod tests {
         let _held = l.acquire().await.expect("first");
         assert_eq!(l.acquire().await.err(), Some(Refused::Timeout));
         assert_eq!(l.queued(), 0);
+        let waited = l.waits.timed_out.snapshot();
+        assert_eq!((waited.count(), waited.sum_ns), (1, 100_000_000));
         let l2 = Arc::clone(&l);
         let waiter = tokio::spawn(async move { l2.acquire().await.map(|_| ()) });
         tokio::task::yield_now().await;

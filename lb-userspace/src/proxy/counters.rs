@@ -1,12 +1,15 @@
 //! The proxy's counters. Each worker owns one [`WorkerCounters`] and is its
 //! only writer, so an increment never contends across cores; readers (the
-//! admin API, `lb stats`) sum them.
+//! admin API, `/metrics`, `lb stats`) sum them.
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use serde::Serialize;
 
-use crate::limits::{Axis, Level};
+use crate::{
+    limits::{Axis, Level},
+    metrics::DurationHistogram,
+};
 
 /// Why a connection or request ended early; one counter each.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,6 +50,9 @@ pub struct FrontendCounters {
     pub paced: AtomicU64,
     /// TLS handshakes (frontends with `tls`).
     pub tls: TlsCounters,
+    /// HTTP frontends: time from a request head received to its response
+    /// head sent (atomic buckets, this worker the only writer).
+    pub latency: DurationHistogram,
 }
 
 /// TLS handshakes of one frontend on one worker (one CPU).

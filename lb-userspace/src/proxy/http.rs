@@ -256,11 +256,15 @@ async fn handle(
     ctx: Rc<FrontendCtx>,
     in_flight: InFlight,
 ) -> Result<Response<RespBody>, Infallible> {
+    // hyper calls us once the head is in: the latency runs from here to
+    // the response head, which hyper writes as soon as we return it.
+    let received = std::time::Instant::now();
     let counters = ctx.counters();
     counters
         .requests
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let mut resp = proxy(req, peer, &fwd, &ctx).await;
+    counters.latency.observe(received.elapsed());
     counters.response(resp.status().as_u16());
     resp.body_mut().in_flight = Some(in_flight);
     Ok(resp)
