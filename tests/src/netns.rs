@@ -2,10 +2,11 @@
 //!
 //! Commands run in a namespace through `nsenter --net=...`, which enters only
 //! the network namespace: `ip netns exec` would also remount /sys and hide the
-//! host's bpffs, where `lb` pins its maps.
+//! host's bpffs, where `lb` pins its maps. A [`Forward`] lets the host reach
+//! a listener inside a namespace.
 
 use std::{
-    net::{SocketAddr, TcpListener},
+    net::{SocketAddr, TcpListener, TcpStream},
     process::{Command, Output},
     sync::{
         atomic::{AtomicBool, AtomicU32, Ordering},
@@ -271,4 +272,101 @@ pub fn veth(
         ns.run(&["ip", "link", "set", ifname, "up"])?;
     }
     Ok(())
+}
+
+/// Connections a [`Forward`] holds open, by number: both sockets of each.
+type OpenConns = Arc<std::sync::Mutex<std::collections::BTreeMap<u64, [TcpStream; 2]>>>;
+
+/// A TCP port on this host forwarded into a namespace, so a browser on the
+/// host reaches a listener inside it: each accepted connection is joined
+/// to `target` as seen from inside the namespace (a thread enters the
+/// namespace to connect; the connected socket then works from any thread)
+/// and bytes are copied both ways. Stops on drop, closing what is open.
+pub struct Forward {
+    /// Where it listens, on this host.
+    pub addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    open: OpenConns,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Forward {
+    /// Listens on the first of `listen` that can be bound, and forwards
+    /// each connection to `target` inside the namespace `ns`.
+    ///
+    /// # Errors
+    /// None of `listen` can be bound.
+    pub fn start(listen: &[SocketAddr], ns: &str, target: SocketAddr) -> Result<Self> {
+        let l = listen
+            .iter()
+            .find_map(|a| TcpListener::bind(a).ok())
+            .with_context(|| format!("binding any of {listen:?}"))?;
+        l.set_nonblocking(true)?;
+        let addr = l.local_addr()?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let open = OpenConns::default();
+        let thread = {
+            let (stop, open, ns) = (Arc::clone(&stop), Arc::clone(&open), ns.to_owned());
+            std::thread::spawn(move || {
+                let mut next = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    match l.accept() {
+                        Ok((client, _)) => {
+                            next += 1;
+                            forward_one(next, client, &ns, target, &open);
+                        }
+                        Err(_) => std::thread::sleep(Duration::from_millis(20)),
+                    }
+                }
+            })
+        };
+        Ok(Self {
+            addr,
+            stop,
+            open,
+            thread: Some(thread),
+        })
+    }
+}
+
+/// Joins `client` to `target` inside `ns` on threads of its own, as
+/// connection `id` of `open` while it lasts; a connect that fails closes
+/// `client`.
+fn forward_one(id: u64, client: TcpStream, ns: &str, target: SocketAddr, open: &OpenConns) {
+    let (ns, open) = (ns.to_owned(), Arc::clone(open));
+    std::thread::spawn(move || -> Result<()> {
+        client.set_nonblocking(false)?;
+        enter(&ns)?;
+        let server = TcpStream::connect_timeout(&target, Duration::from_secs(2))?;
+        if let Ok(mut o) = open.lock() {
+            o.insert(id, [client.try_clone()?, server.try_clone()?]);
+        }
+        let (mut c_read, mut s_write) = (client.try_clone()?, server.try_clone()?);
+        let up = std::thread::spawn(move || {
+            let _ = std::io::copy(&mut c_read, &mut s_write);
+            let _ = s_write.shutdown(std::net::Shutdown::Write);
+        });
+        let (mut s_read, mut c_write) = (server, client);
+        let _ = std::io::copy(&mut s_read, &mut c_write);
+        let _ = c_write.shutdown(std::net::Shutdown::Write);
+        let _ = up.join();
+        if let Ok(mut o) = open.lock() {
+            o.remove(&id);
+        }
+        Ok(())
+    });
+}
+
+impl Drop for Forward {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        if let Ok(open) = self.open.lock() {
+            for s in open.values().flatten() {
+                let _ = s.shutdown(std::net::Shutdown::Both);
+            }
+        }
+    }
 }
