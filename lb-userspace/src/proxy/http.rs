@@ -51,8 +51,10 @@ use crate::{
 pub fn builder(buffer: Option<u64>) -> auto::Builder<LocalExec> {
     let mut b = auto::Builder::new(LocalExec);
     let mut h1 = b.http1();
+    // A client may shut down its sending side once its request is out
+    // (RFC 9112 9.6): it still gets its answer.
     h1.keep_alive(true)
-        .half_close(false)
+        .half_close(true)
         .header_read_timeout(None);
     if let Some(size) = buffer {
         // hyper's floor is 8 KiB; maxBufferSize's is 16 KiB.
@@ -270,6 +272,16 @@ async fn handle(
     Ok(resp)
 }
 
+/// A 400 for a request whose body is malformed; the connection
+/// is closed after it, as what follows on it cannot be trusted.
+fn bad_request(ctx: &FrontendCtx, why: &str) -> Response<RespBody> {
+    tracing::debug!(frontend = %ctx.info().name, why, "bad request");
+    let mut resp = error(StatusCode::BAD_REQUEST, why);
+    resp.headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    resp
+}
+
 /// Methods that may be sent twice (RFC 9110 9.2.2).
 fn idempotent(m: &Method) -> bool {
     matches!(
@@ -359,12 +371,16 @@ async fn forward(
         *r.headers_mut() = parts.headers.clone();
         r
     });
+    let body_failed = Rc::new(std::cell::Cell::new(false));
     let mut req = Some(Request::from_parts(
         parts,
         if body.is_end_stream() {
             ReqBody::Empty
         } else {
-            ReqBody::Client(body)
+            ReqBody::Client {
+                body,
+                failed: Rc::clone(&body_failed),
+            }
         },
     ));
     let mut tries = Tries::new(ctx);
@@ -404,6 +420,12 @@ async fn forward(
                 return error(
                     StatusCode::GATEWAY_TIMEOUT,
                     "the backend did not answer in time",
+                );
+            }
+            Sent::Failed { .. } if body_failed.get() => {
+                return bad_request(
+                    ctx,
+                    "the request body is malformed (a bad chunk, or shorter than its length)",
                 );
             }
             Sent::Failed { error, answered } => {

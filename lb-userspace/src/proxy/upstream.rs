@@ -4,10 +4,11 @@
 //! no locks, and a connection never moves between CPUs.
 
 use std::{
-    cell::RefCell,
+    cell::{Cell, RefCell},
     collections::HashMap,
     net::SocketAddr,
     pin::Pin,
+    rc::Rc,
     task::{Context, Poll},
     time::Duration,
 };
@@ -32,8 +33,15 @@ const MAX_IDLE: usize = 256;
 pub enum ReqBody {
     /// No body (or a replayed idempotent request).
     Empty,
-    /// The client's body, streamed.
-    Client(Incoming),
+    /// The client's body, streamed; `failed` is set if it turns out
+    /// malformed (a bad chunk size, a short body), so the request is
+    /// answered 400 rather than blamed on the backend.
+    Client {
+        /// The body.
+        body: Incoming,
+        /// Set when reading it failed.
+        failed: Rc<Cell<bool>>,
+    },
 }
 
 impl Body for ReqBody {
@@ -46,21 +54,27 @@ impl Body for ReqBody {
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         match self.get_mut() {
             Self::Empty => Poll::Ready(None),
-            Self::Client(b) => Pin::new(b).poll_frame(cx),
+            Self::Client { body, failed } => {
+                let frame = Pin::new(body).poll_frame(cx);
+                if let Poll::Ready(Some(Err(_))) = &frame {
+                    failed.set(true);
+                }
+                frame
+            }
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match self {
             Self::Empty => true,
-            Self::Client(b) => b.is_end_stream(),
+            Self::Client { body, .. } => body.is_end_stream(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
             Self::Empty => SizeHint::with_exact(0),
-            Self::Client(b) => b.size_hint(),
+            Self::Client { body, .. } => body.size_hint(),
         }
     }
 }
