@@ -10,7 +10,10 @@
 //! - `GET /metrics`: the same counters and more for Prometheus (see
 //!   [`crate::metrics`]).
 
-use std::{convert::Infallible, net::SocketAddr, sync::atomic::Ordering::Relaxed, sync::Arc};
+use std::{
+    collections::BTreeMap, convert::Infallible, net::SocketAddr, sync::atomic::Ordering::Relaxed,
+    sync::Arc,
+};
 
 use anyhow::{Context as _, Result};
 use bytes::Bytes;
@@ -81,6 +84,8 @@ pub struct FrontendStatus {
     /// The session cache (TLS frontends with one).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls_cache: Option<crate::tls::cache::CacheStats>,
+    /// Every axis at each level for this frontend, and the one in force.
+    pub limits: BTreeMap<&'static str, AxisLimit>,
     /// The ticket keys (TLS frontends): a `ticketKeys` file, the farm's in
     /// Redis (cluster mode), or this process's.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -96,6 +101,61 @@ pub struct Conns {
     pub active: u64,
     /// Waiting in the queue, all processes.
     pub queued: u64,
+}
+
+/// One axis for one frontend: its value at each level (0: off there) and
+/// the tightest, which is in force.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AxisLimit {
+    /// `[global.limits]`.
+    pub global: u64,
+    /// `[frontend.limits]`.
+    pub frontend: u64,
+    /// The pool's profile.
+    pub pool: u64,
+    /// The limit in force (0: off at every level; `maxRetries`: the
+    /// smallest value named, 0 meaning no retry).
+    pub in_force: u64,
+    /// The level that sets it (none when off).
+    pub level: Option<&'static str>,
+}
+
+/// A pool's queue in front of its `maxConn`.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Queue {
+    /// How many may wait (0: no queue).
+    pub depth: u64,
+    /// How long one may wait, in milliseconds.
+    pub timeout_ms: u64,
+}
+
+fn axis_limits(live: &crate::limits::live::Live, f: usize) -> BTreeMap<&'static str, AxisLimit> {
+    use crate::limits::Axis;
+    Axis::ALL
+        .iter()
+        .map(|&axis| {
+            let [g, fr, p] = live.levels(f).map(|s| s.get(axis));
+            let (in_force, level) = if axis == Axis::MaxRetries {
+                let (v, l) = live.max_retries(f);
+                (v, Some(l.name()))
+            } else {
+                live.tightest(f, axis)
+                    .map_or((0, None), |(v, l)| (v, Some(l.name())))
+            };
+            (
+                axis.name(),
+                AxisLimit {
+                    global: g,
+                    frontend: fr,
+                    pool: p,
+                    in_force,
+                    level,
+                },
+            )
+        })
+        .collect()
 }
 
 impl Conns {
@@ -118,6 +178,8 @@ pub struct PoolStatus {
     /// `maxConn` of its profile (HTTP: requests in flight; TCP:
     /// connections) and its queue.
     pub conns: Conns,
+    /// The queue's size and wait.
+    pub queue: Queue,
     /// Backends.
     pub backends: Vec<BackendStatus>,
 }
@@ -193,6 +255,7 @@ impl Status {
                         .as_ref()
                         .and_then(|t| t.cache.as_ref())
                         .map(|c| c.stats()),
+                    limits: axis_limits(live, i),
                     tls_tickets: f.tls.as_ref().map(|t| t.tickets.stats()),
                 })
                 .collect(),
@@ -204,6 +267,13 @@ impl Status {
                     name: p.name.clone(),
                     algorithm: format!("{:?}", p.algorithm).to_lowercase(),
                     conns: Conns::of(&l.conns),
+                    queue: {
+                        let (depth, timeout) = l.conns.queue();
+                        Queue {
+                            depth,
+                            timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
+                        }
+                    },
                     backends: p
                         .backends
                         .iter()
@@ -235,6 +305,8 @@ pub struct Admin {
     pub token: Option<String>,
     /// The cluster's Redis (`[cluster]`), for its status.
     pub redis: Option<Arc<crate::tls::cluster::Redis>>,
+    /// When `lb` started (for `uptimeSeconds`).
+    pub started: std::time::Instant,
 }
 
 /// Binds the admin listener and serves it on the current runtime.
@@ -281,8 +353,19 @@ async fn route(req: Request<Incoming>, admin: &Admin) -> Response<Full<Bytes>> {
         (Method::GET, "/") => status_page(),
         (Method::GET, "/api/status") => {
             let mut v = serde_json::to_value(Status::collect(&admin.shared)).unwrap_or_default();
+            v["instance"] = admin.control.instance().into();
+            v["uptimeSeconds"] = admin.started.elapsed().as_secs().into();
+            v["generation"] = admin.control.generation().into();
             if let Some(r) = &admin.redis {
                 v["cluster"] = serde_json::to_value(r.status()).unwrap_or_default();
+            }
+            // The data plane's counters, when this process has it loaded.
+            if let Some(s) = admin
+                .control
+                .xdp_pins()
+                .and_then(|dir| crate::stats::Stats::read_dir(&dir).ok())
+            {
+                v["xdp"] = s.to_json();
             }
             ok_json(&v)
         }

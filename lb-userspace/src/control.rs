@@ -222,6 +222,12 @@ impl Control {
         }
     }
 
+    /// The `[global] instance` name.
+    #[must_use]
+    pub fn instance(&self) -> String {
+        self.lock().global.instance.clone()
+    }
+
     /// The configuration generation in force: 1 at start, one more per
     /// change applied.
     #[must_use]

@@ -235,6 +235,7 @@ pub fn run(cfg: &Config, join: bool) -> Result<()> {
                         control: Arc::clone(&control),
                         token: Some(token),
                         redis: redis.clone(),
+                        started: std::time::Instant::now(),
                     },
                 ))
             });

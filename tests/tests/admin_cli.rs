@@ -153,7 +153,10 @@ fn profiles_are_shown_and_changed_from_the_command_line_with_the_instances_token
     let (_, shown, _) = lb_at(&["profile", "show", "web"]);
     assert!(shown.contains(" 7\n"), "unchanged: {shown}");
 
-    // lb top: the requests and the pool as the API counts them.
+    // lb top: the requests and the pool as the API counts them (no
+    // session rate in the way).
+    let (code, _, err) = lb_at(&["profile", "set", "web", "maxSessRate=0"]);
+    assert_eq!(code, 0, "{err}");
     for _ in 0..3 {
         let r = curl(&format!("http://{listen}/"), &[]).expect("curl");
         assert_eq!(r.status, 200, "{r:?}");

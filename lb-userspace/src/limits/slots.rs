@@ -263,6 +263,15 @@ impl ConnLimit {
         self.counts().limit.load(Relaxed)
     }
 
+    /// The queue in front of the limit: how many may wait, and how long.
+    #[must_use]
+    pub fn queue(&self) -> (u64, Duration) {
+        (
+            self.depth.load(Relaxed),
+            Duration::from_nanos(self.timeout_ns.load(Relaxed)),
+        )
+    }
+
     /// Sets the limit and the queue; a raised limit lets waiters in at once,
     /// a lowered one lets the connections over it finish.
     pub fn set(&self, limit: u64, depth: u64, timeout: Duration) {
