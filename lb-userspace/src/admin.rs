@@ -6,7 +6,7 @@
 //!   pool and backend, and each level's `maxConn` accounting;
 //! - `GET /api/profiles`: the profiles in force and the pools bound to each;
 //! - `PUT /api/profiles/NAME`: replace a profile live (see [`Control`]);
-//!   with `[admin] token` set it needs `Authorization: Bearer <token>`;
+//!   it needs `Authorization: Bearer <token>` (compared in constant time);
 //! - `GET /metrics`: the same counters and more for Prometheus (see
 //!   [`crate::metrics`]).
 
@@ -301,8 +301,9 @@ pub struct Admin {
     pub shared: Arc<Shared>,
     /// Live changes.
     pub control: Arc<Control>,
-    /// Bearer token changes need (None: changes need none).
-    pub token: Option<String>,
+    /// The bearer token every change needs (`[admin] token`, `tokenFile`,
+    /// or the one `lb run` made for the instance).
+    pub token: String,
     /// The cluster's Redis (`[cluster]`), for its status.
     pub redis: Option<Arc<crate::tls::cluster::Redis>>,
     /// When `lb` started (for `uptimeSeconds`).
@@ -391,18 +392,21 @@ async fn route(req: Request<Incoming>, admin: &Admin) -> Response<Full<Bytes>> {
 }
 
 async fn put_profile(req: Request<Incoming>, name: &str, admin: &Admin) -> Response<Full<Bytes>> {
-    if let Some(token) = &admin.token {
-        let given = req
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
-        if given != Some(token.as_str()) {
-            return error_json(
-                StatusCode::UNAUTHORIZED,
-                "changes need the header `Authorization: Bearer <admin token>`",
-            );
-        }
+    let given = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or_default();
+    // Compared in constant time: how much of a guess matched must not show
+    // in how long the answer takes.
+    if aws_lc_rs::constant_time::verify_slices_are_equal(given.as_bytes(), admin.token.as_bytes())
+        .is_err()
+    {
+        return error_json(
+            StatusCode::UNAUTHORIZED,
+            "changes need the header `Authorization: Bearer <admin token>`",
+        );
     }
     let body = match http_body_util::Limited::new(req.into_body(), MAX_BODY)
         .collect()

@@ -233,7 +233,7 @@ pub fn run(cfg: &Config, join: bool) -> Result<()> {
                     admin::Admin {
                         shared: Arc::clone(proxy.shared()),
                         control: Arc::clone(&control),
-                        token: Some(token),
+                        token,
                         redis: redis.clone(),
                         started: std::time::Instant::now(),
                     },
