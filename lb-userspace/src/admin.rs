@@ -314,13 +314,41 @@ pub struct Admin {
 ///
 /// # Errors
 /// The address cannot be bound.
-pub async fn start(addr: SocketAddr, admin: Admin) -> Result<tokio::task::JoinHandle<()>> {
-    let listener = TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("binding the admin listener {addr}"))?;
-    info!(%addr, "admin listener");
+///
+/// With `wait_for_it` (a `--join`ed process, beside the `lb` that holds
+/// the address), an address in use is taken once it is free instead: the
+/// running process answers until it exits.
+///
+/// # Errors
+/// The address cannot be bound (and is not only busy with `wait_for_it`).
+pub async fn start(
+    addr: SocketAddr,
+    admin: Admin,
+    wait_for_it: bool,
+) -> Result<tokio::task::JoinHandle<()>> {
+    let first = TcpListener::bind(addr).await;
+    let first = match first {
+        Err(e) if wait_for_it && e.kind() == std::io::ErrorKind::AddrInUse => {
+            info!(%addr, "admin listener busy (the running lb has it): taking it when that one exits");
+            None
+        }
+        other => Some(other.with_context(|| format!("binding the admin listener {addr}"))?),
+    };
+    if first.is_some() {
+        info!(%addr, "admin listener");
+    }
     let admin = Arc::new(admin);
     Ok(tokio::spawn(async move {
+        let listener = match first {
+            Some(l) => l,
+            None => loop {
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                if let Ok(l) = TcpListener::bind(addr).await {
+                    info!(%addr, "admin listener");
+                    break l;
+                }
+            },
+        };
         loop {
             let Ok((stream, _)) = listener.accept().await else {
                 continue;

@@ -992,6 +992,7 @@ mod tests {
                     pool: "p".to_owned(),
                     totals,
                     conns: conns(0, 1, 0),
+                    limits: std::collections::BTreeMap::new(),
                     tls_cache: None,
                     tls_tickets: None,
                 }],
@@ -999,6 +1000,10 @@ mod tests {
                     name: "p".to_owned(),
                     algorithm: "roundrobin".to_owned(),
                     conns: conns(2, 1, 1),
+                    queue: crate::admin::Queue {
+                        depth: 4,
+                        timeout_ms: 1000,
+                    },
                     backends: vec![BackendStatus {
                         address: "127.0.0.1:8080".to_owned(),
                         weight: 1,

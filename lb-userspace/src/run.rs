@@ -23,10 +23,12 @@ use crate::{
 /// Capabilities, by bit number in `/proc/self/status` `CapEff`.
 const CAP_NET_ADMIN: u32 = 12;
 const CAP_SYS_ADMIN: u32 = 21;
+const CAP_PERFMON: u32 = 38;
 const CAP_BPF: u32 = 39;
 
-/// Whether this process may load and attach XDP programs: CAP_NET_ADMIN and
-/// one of CAP_BPF or CAP_SYS_ADMIN.
+/// Whether this process may load and attach XDP programs: CAP_NET_ADMIN,
+/// and CAP_BPF with CAP_PERFMON (the verifier refuses the program's pointer
+/// arithmetic on map values without it), or CAP_SYS_ADMIN.
 #[must_use]
 pub fn can_load_bpf() -> bool {
     let Ok(status) = std::fs::read_to_string("/proc/self/status") else {
@@ -38,7 +40,7 @@ pub fn can_load_bpf() -> bool {
         .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
         .unwrap_or(0);
     let has = |bit: u32| caps & (1u64 << bit) != 0;
-    has(CAP_NET_ADMIN) && (has(CAP_BPF) || has(CAP_SYS_ADMIN))
+    has(CAP_NET_ADMIN) && ((has(CAP_BPF) && has(CAP_PERFMON)) || has(CAP_SYS_ADMIN))
 }
 
 /// A started data plane and what keeps its pins alive.
@@ -182,7 +184,7 @@ pub fn run(cfg: &Config, join: bool) -> Result<()> {
         None
     } else if !can_load_bpf() {
         warn!(
-            "no privileges to load BPF (need root, or CAP_BPF and CAP_NET_ADMIN): running with \
+            "no privileges to load BPF (need root, or CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN): running with \
              no XDP program attached; SYN limits are not enforced in the kernel"
         );
         None
@@ -237,6 +239,7 @@ pub fn run(cfg: &Config, join: bool) -> Result<()> {
                         redis: redis.clone(),
                         started: std::time::Instant::now(),
                     },
+                    joined,
                 ))
             });
             match server {

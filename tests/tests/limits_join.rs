@@ -187,7 +187,32 @@ fn a_joined_process_shares_one_max_conn_with_the_old_one_and_takes_over_when_it_
     assert!(xdp_attached(&t.lbns, &t.iface), "{}", new.log());
     let r = curl_in(Some(t.client.name()), &format!("http://{VIP}/"), &[]).expect("curl");
     assert_eq!(r.status, 200);
+
+    // A process joined with the same config (the same admin address) waits
+    // for the admin listener too, and serves it once the other has gone.
+    let mut newer = Lb::start_with(
+        Some(&t.lbns),
+        &dir.join("b2.toml"),
+        &config(&instance, &t.iface, admin_b, b.addr, ""),
+        &["--join"],
+    )
+    .expect("a second joined lb with the same admin address");
+    assert!(
+        newer.log().contains("admin listener busy"),
+        "{}",
+        newer.log()
+    );
     assert_eq!(new.stop(libc::SIGTERM).expect("exit"), Some(0));
+    wait_for("the admin listener taken over", || {
+        newer.log().contains("owns the instance now")
+            && curl_in(
+                Some(t.lbns.name()),
+                &format!("http://{admin_b}/api/status"),
+                &[],
+            )
+            .is_ok_and(|r| r.status == 200)
+    });
+    assert_eq!(newer.stop(libc::SIGTERM).expect("exit"), Some(0));
     assert!(!pins.exists(), "pins removed by the last owner");
     assert!(!xdp_attached(&t.lbns, &t.iface));
 }

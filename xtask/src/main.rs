@@ -4,9 +4,11 @@
 //! - `setup`: apt packages, `rust-src` for nightly, bpf-linker built against
 //!   LLVM 22; skips what is present, names the step that failed.
 //! - `build-ebpf`: the XDP object, printed with its path and size.
-//! - `lint`: rustfmt and clippy on every crate (the eBPF crate with nightly).
+//! - `lint`: rustfmt and clippy on every crate (the eBPF crate with nightly),
+//!   and `lb check` on every `examples/*.toml`.
 //! - `test`: unit tests, then the privileged kernel and netns tests.
-//! - `demo`: a client/lb namespace pair, `lb` with XDP, a short SYN flood.
+//! - `demo`: namespaces with `lb` (XDP, TLS, Redis) and real backends;
+//!   normal traffic, a SYN flood, a handshake storm, a profile change.
 //! - `bench xdp`: ns per packet and CPU per dropped SYN, written to
 //!   `bench/results/xdp.md`.
 //! - `bench proxy`: keep-alive HTTP requests/s, CPU per request and latency
@@ -41,11 +43,12 @@ enum Cmd {
     Setup,
     /// Build the eBPF object and print its path and size.
     BuildEbpf,
-    /// rustfmt --check and clippy -D warnings on all crates.
+    /// rustfmt --check and clippy -D warnings on all crates; lb check on examples/.
     Lint,
     /// Run every test (kernel and netns tests need root).
     Test,
-    /// Show the XDP SYN limiter at work in two network namespaces.
+    /// The product's tour in network namespaces: lb with XDP, TLS and Redis;
+    /// normal traffic, a SYN flood, a handshake storm, a profile change.
     Demo,
     /// Benchmarks; results go to bench/results/.
     Bench {
@@ -141,7 +144,45 @@ fn lint(obj: &Path) -> Result<()> {
         .args(["+nightly", "clippy"])
         .args(EBPF_ARGS)
         .args(["--", "-D", "warnings"]))
-    .context("clippy (lb-ebpf, nightly)")
+    .context("clippy (lb-ebpf, nightly)")?;
+    check_examples(obj)
+}
+
+/// `lb check -c` on every `examples/*.toml`, so an example that the config
+/// code no longer accepts fails CI; names each file refused.
+fn check_examples(obj: &Path) -> Result<()> {
+    run(cargo_with(obj).args(["build", "-p", "lb-userspace", "--bin", "lb"]))
+        .context("building lb (to check examples/)")?;
+    let lb = root().join("target/debug/lb");
+    let dir = root().join("examples");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .with_context(|| format!("reading {}", dir.display()))?
+        .map(|e| e.map(|e| e.path()))
+        .collect::<std::io::Result<_>>()
+        .with_context(|| format!("reading {}", dir.display()))?;
+    files.retain(|p| p.extension().is_some_and(|x| x == "toml"));
+    files.sort();
+    if files.is_empty() {
+        bail!("no examples/*.toml to check in {}", dir.display());
+    }
+    let mut refused = Vec::new();
+    for file in &files {
+        let name = file.strip_prefix(root()).unwrap_or(file);
+        // Relative, so lb's messages name the file as the repository does.
+        let status = Command::new(&lb)
+            .args(["check", "-c"])
+            .arg(name)
+            .current_dir(root())
+            .status()
+            .with_context(|| format!("starting {} check", lb.display()))?;
+        if !status.success() {
+            refused.push(name.display().to_string());
+        }
+    }
+    if !refused.is_empty() {
+        bail!("`lb check` refused {}", refused.join(", "));
+    }
+    Ok(())
 }
 
 fn is_root() -> bool {
