@@ -154,3 +154,22 @@ pub fn lb_cmd(args: &[&str]) -> Result<(i32, String, String)> {
         String::from_utf8_lossy(&out.stderr).into_owned(),
     ))
 }
+
+/// `lb cert gen --name NAME --dir DIR`: a self-signed pair in `dir`;
+/// returns (certificate, key).
+///
+/// # Panics
+/// `lb cert gen` failed or wrote no pair.
+#[must_use]
+pub fn cert_gen(dir: &crate::ScratchDir, name: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+    let d = dir.join("");
+    let (code, out, err) =
+        lb_cmd(&["cert", "gen", "--name", name, "--dir", &d.to_string_lossy()]).expect("lb");
+    assert_eq!(code, 0, "lb cert gen: {out}{err}");
+    let (cert, key) = (
+        dir.join(&format!("{name}.pem")),
+        dir.join(&format!("{name}.key")),
+    );
+    assert!(cert.exists() && key.exists(), "{out}");
+    (cert, key)
+}

@@ -26,7 +26,7 @@ use lb_tests::{
     backend::HttpBackend,
     client::{curl, curl_in, free_addr, frontend_in, status, Reply},
     have_root, have_tool,
-    lb::{lb_cmd, Lb},
+    lb::{cert_gen, lb_cmd, Lb},
     netns::Topology,
     unique_tag, ScratchDir,
 };
@@ -593,17 +593,7 @@ fn tls_handshakes_are_counted_per_cpu_as_api_status_counts_them() {
     let dir = ScratchDir::new("lb-metrics-tls");
     let b = backend("a");
     let (port, admin) = (free_addr("127.0.0.1"), free_addr("127.0.0.1"));
-    let d = dir.join("");
-    let (code, out, err) = lb_cmd(&[
-        "cert",
-        "gen",
-        "--name",
-        "lb.test",
-        "--dir",
-        &d.to_string_lossy(),
-    ])
-    .expect("lb cert gen");
-    assert_eq!(code, 0, "{out}{err}");
+    let _pair = cert_gen(&dir, "lb.test");
     let config = format!(
         r#"[global]
 instance = "mett{tag}"

@@ -27,7 +27,7 @@ use lb_tests::{
     backend::HttpBackend,
     client::{curl, free_addr, frontend_in, status, Reply},
     harness::pin_to_cpu,
-    lb::{lb_cmd, Lb},
+    lb::{cert_gen, lb_cmd, Lb},
     tls::any_cert,
     unique_tag, ScratchDir,
 };
@@ -48,20 +48,6 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
 
 fn backend() -> HttpBackend {
     HttpBackend::start("a", "127.0.0.1:0".parse().expect("addr"), None).expect("backend")
-}
-
-/// `lb cert gen --name NAME --dir DIR`: the certificate and key paths.
-fn cert_gen(dir: &ScratchDir, name: &str) -> (PathBuf, PathBuf) {
-    let d = dir.join("");
-    let (code, out, err) =
-        lb_cmd(&["cert", "gen", "--name", name, "--dir", &d.to_string_lossy()]).expect("lb");
-    assert_eq!(code, 0, "lb cert gen: {out}{err}");
-    let (cert, key) = (
-        dir.join(&format!("{name}.pem")),
-        dir.join(&format!("{name}.key")),
-    );
-    assert!(cert.exists() && key.exists(), "{out}");
-    (cert, key)
 }
 
 /// `lb tls rotate-keys FILE`.

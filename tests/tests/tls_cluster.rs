@@ -16,7 +16,7 @@ use std::{
 use lb_tests::{
     client::{free_addr, frontend_in, status},
     have_tool,
-    lb::{lb_cmd, Lb},
+    lb::{cert_gen, lb_cmd, Lb},
     unique_tag, ScratchDir,
 };
 
@@ -169,16 +169,7 @@ fn scratch() -> ScratchDir {
         assert!(have_tool(tool), "`{tool}` missing: run `cargo xtask setup`");
     }
     let dir = ScratchDir::new("lb-cluster");
-    let (code, _, err) = lb_cmd(&[
-        "cert",
-        "gen",
-        "--name",
-        "lb.test",
-        "--dir",
-        &dir.join("").to_string_lossy(),
-    ])
-    .expect("lb cert gen");
-    assert_eq!(code, 0, "{err}");
+    let _pair = cert_gen(&dir, "lb.test");
     dir
 }
 

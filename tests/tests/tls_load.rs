@@ -11,7 +11,7 @@ use lb_tests::{
     backend::HttpBackend,
     client::{free_addr, frontend_in, status},
     have_tool,
-    lb::{lb_cmd, Lb},
+    lb::{cert_gen, Lb},
     unique_tag, ScratchDir,
 };
 
@@ -24,23 +24,6 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// `lb cert gen` into `dir`: (cert, key).
-fn cert(dir: &ScratchDir) -> (String, String) {
-    let d = dir.join("");
-    let (code, _, err) = lb_cmd(&[
-        "cert",
-        "gen",
-        "--name",
-        "lb.test",
-        "--dir",
-        &d.to_string_lossy(),
-    ])
-    .expect("lb cert gen");
-    assert_eq!(code, 0, "{err}");
-    let p = |f: &str| dir.join(f).to_string_lossy().into_owned();
-    (p("lb.test.pem"), p("lb.test.key"))
-}
-
 fn config(
     port: std::net::SocketAddr,
     admin: std::net::SocketAddr,
@@ -48,7 +31,8 @@ fn config(
     dir: &ScratchDir,
     limits: &str,
 ) -> String {
-    let (c, k) = cert(dir);
+    let (c, k) = cert_gen(dir, "lb.test");
+    let (c, k) = (c.display(), k.display());
     format!(
         r#"[global]
 instance = "tlsl{tag}"
