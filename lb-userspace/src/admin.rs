@@ -385,6 +385,7 @@ async fn route(req: Request<Incoming>, admin: &Admin) -> Response<Full<Bytes>> {
             v["instance"] = admin.control.instance().into();
             v["uptimeSeconds"] = admin.started.elapsed().as_secs().into();
             v["generation"] = admin.control.generation().into();
+            v["capabilities"] = crate::privileges::effective().into();
             if let Some(r) = &admin.redis {
                 v["cluster"] = serde_json::to_value(r.status()).unwrap_or_default();
             }

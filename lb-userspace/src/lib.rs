@@ -18,6 +18,7 @@
 //! - [`metrics`]: Prometheus metrics (`/metrics`) and the histograms behind
 //!   them;
 //! - [`cli`]: the admin API from the command line (`lb profile`, `lb top`);
+//! - [`privileges`]: the capabilities dropped once `lb` is serving;
 //! - [`run`]: `lb run`, tying the above together until a signal.
 
 pub mod admin;
@@ -28,6 +29,7 @@ pub mod instance;
 pub mod limits;
 pub mod metrics;
 pub mod pool;
+pub mod privileges;
 pub mod proxy;
 pub mod run;
 pub mod stats;

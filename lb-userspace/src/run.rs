@@ -142,7 +142,11 @@ async fn take_over(
     };
     match own_pins(&cfg, p, &mut s) {
         Ok(()) => {
-            info!(instance = %name, pins = %s.pin_dir.display(), ifaces = ?s.ifaces, "the old process has exited: this one owns the instance now")
+            info!(instance = %name, pins = %s.pin_dir.display(), ifaces = ?s.ifaces, "the old process has exited: this one owns the instance now");
+            match crate::privileges::drop_all_but(&[]) {
+                Ok(left) => info!(kept = ?left, "capabilities dropped"),
+                Err(e) => warn!(error = %e, "could not drop capabilities"),
+            }
         }
         Err(e) => {
             error!(error = %format!("{e:#}"), "taking over the instance: XDP is not attached")
@@ -253,6 +257,17 @@ pub fn run(cfg: &Config, join: bool) -> Result<()> {
         }
         None => None,
     };
+    // Attached, pinned and bound: drop what is not needed any more (a
+    // joined process keeps what taking over needs, and drops it then).
+    let keep = if joined {
+        crate::privileges::TAKE_OVER
+    } else {
+        &[]
+    };
+    match crate::privileges::drop_all_but(keep) {
+        Ok(left) => info!(kept = ?left, "capabilities dropped"),
+        Err(e) => warn!(error = %e, "could not drop capabilities"),
+    }
     if let Some(s) = &started {
         info!(
             instance = %name,

@@ -133,6 +133,36 @@ fn a_joined_process_shares_one_max_conn_with_the_old_one_and_takes_over_when_it_
     let client = t.client.name().to_owned();
     let held = curl_later(client.clone(), "/slow?ms=2500");
     wait_for("the slot taken", || pool_conns(&t.lbns, admin_a) == (1, 0));
+    // Attached and bound, the old process holds no capability any more;
+    // the joined one keeps what taking over needs.
+    assert_eq!(
+        status_in(&t.lbns, admin_a)["capabilities"],
+        serde_json::json!([])
+    );
+    // Every thread of it: capabilities are per thread.
+    let tasks = std::fs::read_dir(format!("/proc/{}/task", old.pid())).expect("tasks");
+    for task in tasks.flatten() {
+        let status = std::fs::read_to_string(task.path().join("status")).unwrap_or_default();
+        let eff = status
+            .lines()
+            .find_map(|l| l.strip_prefix("CapEff:"))
+            .map(str::trim)
+            .unwrap_or("?")
+            .to_owned();
+        assert_eq!(
+            eff,
+            "0000000000000000",
+            "thread {:?}: {status}",
+            task.path()
+        );
+    }
+    let kept = status_in(&t.lbns, admin_b)["capabilities"].to_string();
+    assert!(
+        kept.contains("CAP_BPF")
+            && kept.contains("CAP_NET_ADMIN")
+            && !kept.contains("CAP_NET_BIND_SERVICE"),
+        "{kept}"
+    );
     assert_eq!(
         pool_conns(&t.lbns, admin_b),
         (1, 0),
@@ -187,6 +217,11 @@ fn a_joined_process_shares_one_max_conn_with_the_old_one_and_takes_over_when_it_
     assert!(xdp_attached(&t.lbns, &t.iface), "{}", new.log());
     let r = curl_in(Some(t.client.name()), &format!("http://{VIP}/"), &[]).expect("curl");
     assert_eq!(r.status, 200);
+    assert_eq!(
+        status_in(&t.lbns, admin_b)["capabilities"],
+        serde_json::json!([]),
+        "taken over: nothing kept"
+    );
 
     // A process joined with the same config (the same admin address) waits
     // for the admin listener too, and serves it once the other has gone.

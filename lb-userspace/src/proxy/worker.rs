@@ -35,6 +35,11 @@ pub fn run(plan: Plan, shared: Arc<Shared>, stop: watch::Receiver<bool>, drain: 
             warn!(worker = plan.index, cpu, error = %e, "could not pin the worker to its CPU");
         }
     }
+    // Capabilities are per thread: a worker's sockets are bound already,
+    // and it needs none (see `crate::privileges`).
+    if let Err(e) = crate::privileges::drop_all_but(&[]) {
+        warn!(worker = plan.index, error = %e, "could not drop capabilities");
+    }
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
