@@ -5,7 +5,8 @@
 //!   LLVM 22; skips what is present, names the step that failed.
 //! - `build-ebpf`: the XDP object, printed with its path and size.
 //! - `lint`: rustfmt and clippy on every crate (the eBPF crate with nightly),
-//!   and `lb check` on every `examples/*.toml`.
+//!   `cargo deny` (deny.toml: licenses, bans, sources), and `lb check` on
+//!   every `examples/*.toml`.
 //! - `test`: unit tests, then the privileged kernel and netns tests.
 //! - `demo`: namespaces with `lb` (XDP, TLS, Redis) and real backends;
 //!   normal traffic, a SYN flood, a handshake storm, a profile change.
@@ -145,6 +146,10 @@ fn lint(obj: &Path) -> Result<()> {
         .args(EBPF_ARGS)
         .args(["--", "-D", "warnings"]))
     .context("clippy (lb-ebpf, nightly)")?;
+    // The policy in deny.toml. Advisories need the RustSec database from
+    // GitHub, which these machines cannot reach: see deny.toml.
+    run(cargo().args(["deny", "check", "licenses", "bans", "sources"]))
+        .context("cargo deny (deny.toml): a dependency's license, source or version is refused")?;
     check_examples(obj)
 }
 

@@ -13,7 +13,9 @@
 //!   `redis-server` (the cluster tests start their own), `chromium` (the
 //!   status page test renders the admin page headless and screenshots it);
 //! - `rust-src` for the nightly toolchain (`-Z build-std=core`);
-//! - `bpf-linker`, built with LLVM 22.
+//! - `bpf-linker`, built with LLVM 22;
+//! - `cargo-deny` (`lint` checks licenses, bans and sources against
+//!   deny.toml).
 
 use std::process::{Command, Stdio};
 
@@ -150,9 +152,24 @@ fn bpf_linker() -> Result<()> {
     )
 }
 
+/// `cargo-deny`, for the license, ban and source checks of `lint`.
+fn cargo_deny() -> Result<()> {
+    if quiet(Command::new("cargo").args(["deny", "--version"])).unwrap_or(false) {
+        return Ok(());
+    }
+    step(
+        "cargo install cargo-deny",
+        Command::new("cargo")
+            .env_remove("RUSTUP_TOOLCHAIN")
+            .env_remove("CARGO_TARGET_DIR")
+            .args(["install", "cargo-deny", "--locked"]),
+    )
+}
+
 /// Runs every step.
 pub fn setup() -> Result<()> {
     apt()?;
     rust_src()?;
-    bpf_linker()
+    bpf_linker()?;
+    cargo_deny()
 }
