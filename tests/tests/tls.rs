@@ -450,6 +450,16 @@ fn bad_certificates_and_key_files_refuse_to_start_naming_the_file() {
         err.contains("readable by group or others (mode 0644); allowed: 0600 or 0400"),
         "{err}"
     );
+    // A private key other users can read is refused, naming it.
+    let open = cert_gen(&dir, "open.test");
+    std::fs::set_permissions(&open.1, std::os::unix::fs::PermissionsExt::from_mode(0o644))
+        .expect("chmod");
+    let err = try_start(&open, "");
+    refused_before_ready(&err);
+    assert!(
+        err.contains(&*open.1.to_string_lossy()) && err.contains("open to other users (mode 0644)"),
+        "{err}"
+    );
     // Nothing was left listening.
     assert!(TcpStream::connect(port).is_err(), "{port} is free");
 }

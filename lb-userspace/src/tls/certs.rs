@@ -39,6 +39,22 @@ pub fn load(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, TlsError> {
             what: "no `BEGIN CERTIFICATE` block in it".into(),
         });
     }
+    // A private key anyone on the host can read has leaked already.
+    if let Ok(meta) = std::fs::metadata(key) {
+        use std::os::unix::fs::MetadataExt as _;
+        let mode = meta.mode() & 0o7777;
+        if mode & 0o007 != 0 {
+            return Err(TlsError::File {
+                path: key.to_owned(),
+                what: format!(
+                    "the private key is open to other users (mode {mode:04o}); allowed: no \
+                     access for others, e.g. 0600, or 0640 with a group of its own \
+                     (chmod o-rwx {})",
+                    key.display()
+                ),
+            });
+        }
+    }
     let der = PrivateKeyDer::from_pem_file(key).map_err(file_err(
         key,
         "reading a PEM private key (PKCS#8, SEC1 or PKCS#1)",
