@@ -308,6 +308,8 @@ pub struct Admin {
     pub redis: Option<Arc<crate::tls::cluster::Redis>>,
     /// When `lb` started (for `uptimeSeconds`).
     pub started: std::time::Instant,
+    /// TLS for the listener (`[admin] tls`), if set.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 /// Binds the admin listener and serves it on the current runtime.
@@ -355,19 +357,60 @@ pub async fn start(
             };
             let admin = Arc::clone(&admin);
             tokio::spawn(async move {
-                let svc = service_fn(move |req| {
-                    let admin = Arc::clone(&admin);
-                    async move { Ok::<_, Infallible>(route(req, &admin).await) }
-                });
-                if let Err(e) = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), svc)
-                    .await
-                {
-                    debug!(error = %e, "admin connection");
+                match admin.tls.clone() {
+                    None => serve(stream, admin).await,
+                    Some(config) => {
+                        let accept = tokio_rustls::TlsAcceptor::from(config).accept(stream);
+                        match tokio::time::timeout(HANDSHAKE_TIMEOUT, accept).await {
+                            Ok(Ok(tls)) => serve(tls, admin).await,
+                            Ok(Err(e)) => debug!(error = %e, "admin TLS handshake"),
+                            Err(_) => debug!("admin TLS handshake timed out"),
+                        }
+                    }
                 }
             });
         }
     }))
+}
+
+/// How long an admin client may take over its TLS handshake.
+const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Serves the API on one connection (plain or TLS).
+async fn serve<S>(stream: S, admin: Arc<Admin>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let svc = service_fn(move |req| {
+        let admin = Arc::clone(&admin);
+        async move { Ok::<_, Infallible>(route(req, &admin).await) }
+    });
+    if let Err(e) = hyper::server::conn::http1::Builder::new()
+        .serve_connection(TokioIo::new(stream), svc)
+        .await
+    {
+        debug!(error = %e, "admin connection");
+    }
+}
+
+/// The admin listener's TLS (`[admin] tls = { cert, key }`): the pair read
+/// as a frontend's is, TLS 1.2 and 1.3.
+///
+/// # Errors
+/// The files are refused (missing, unreadable, not a pair, a key others
+/// can read).
+pub fn tls_config(tls: &crate::config::Tls) -> Result<Arc<rustls::ServerConfig>> {
+    let pair = crate::tls::certs::load(&tls.cert, &tls.key).context("[admin] tls")?;
+    let resolver =
+        crate::tls::certs::SniResolver::new(Vec::new(), Some(Arc::clone(&pair)), Some(pair));
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .context("[admin] tls: protocol versions")?
+    .with_no_client_auth()
+    .with_cert_resolver(Arc::new(resolver));
+    Ok(Arc::new(config))
 }
 
 /// The largest request body the API reads.

@@ -233,6 +233,14 @@ pub fn run(cfg: &Config, join: bool) -> Result<()> {
                 },
                 |l| l.0,
             );
+            let tls = match a.tls.as_ref().map(admin::tls_config).transpose() {
+                Ok(t) => t,
+                Err(e) => {
+                    rt.block_on(proxy.stop());
+                    stop_xdp(started)?;
+                    return Err(e);
+                }
+            };
             let server = admin_token(a, name).and_then(|token| {
                 rt.block_on(admin::start(
                     addr,
@@ -242,6 +250,7 @@ pub fn run(cfg: &Config, join: bool) -> Result<()> {
                         token,
                         redis: redis.clone(),
                         started: std::time::Instant::now(),
+                        tls,
                     },
                     joined,
                 ))

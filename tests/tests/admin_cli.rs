@@ -15,7 +15,7 @@ use std::{net::SocketAddr, os::unix::fs::PermissionsExt as _, path::PathBuf, tim
 use lb_tests::{
     backend::HttpBackend,
     client::{curl, free_addr},
-    lb::{lb_cmd, Lb},
+    lb::{cert_gen, lb_cmd, Lb},
     unique_tag, ScratchDir,
 };
 
@@ -52,7 +52,7 @@ backends = ["{backend}"]
 }
 
 #[test]
-fn a_non_loopback_admin_listener_needs_a_token() {
+fn a_non_loopback_admin_listener_needs_a_token_and_tls() {
     let dir = ScratchDir::new("lb-admin");
     let path = dir.join("open.toml");
     let open = config(
@@ -67,11 +67,20 @@ fn a_non_loopback_admin_listener_needs_a_token() {
     assert!(
         err.contains("admin.listen")
             && err.contains("not a loopback address")
-            && err.contains("admin.token"),
+            && err.contains("neither a token nor TLS")
+            && err.contains("admin.tls"),
         "{err}"
     );
     let with_token = open.replace("[admin]\n", "[admin]\ntoken = \"s3cret\"\n");
-    std::fs::write(&path, with_token).expect("write");
+    std::fs::write(&path, &with_token).expect("write");
+    let (code, _, err) = lb_cmd(&["check", "-c", &path.to_string_lossy()]).expect("lb check");
+    assert_eq!(code, 2, "a token alone travels in the clear: {err}");
+    assert!(err.contains("no TLS is set"), "{err}");
+    let with_tls = with_token.replace(
+        "[admin]\n",
+        "[admin]\ntls = { cert = \"a.pem\", key = \"a.key\" }\n",
+    );
+    std::fs::write(&path, with_tls).expect("write");
     let (code, out, err) = lb_cmd(&["check", "-c", &path.to_string_lossy()]).expect("lb check");
     assert_eq!(code, 0, "{out}{err}");
 }
@@ -185,4 +194,37 @@ fn profiles_are_shown_and_changed_from_the_command_line_with_the_instances_token
     assert_eq!(lb.stop(libc::SIGTERM).expect("exit"), Some(0));
     std::thread::sleep(Duration::from_millis(50));
     assert!(!token_file.exists(), "the token goes with the instance");
+}
+
+#[test]
+fn the_admin_api_speaks_tls_when_configured() {
+    let dir = ScratchDir::new("lb-admin-tls");
+    let b = HttpBackend::start("a", "127.0.0.1:0".parse().expect("addr"), None).expect("backend");
+    let (cert, key) = cert_gen(&dir, "admin.test");
+    let instance = format!("admt{}", unique_tag());
+    let (admin, listen) = (free_addr("127.0.0.1"), free_addr("127.0.0.1"));
+    let config = config(&instance, admin, listen, b.addr).replace(
+        "[admin]\n",
+        &format!(
+            "[admin]\ntls = {{ cert = \"{}\", key = \"{}\" }}\n",
+            cert.display(),
+            key.display()
+        ),
+    );
+    let mut lb = Lb::start(None, &dir.join("lb.toml"), &config).expect("lb starts");
+    let url = format!("https://admin.test:{}/api/status", admin.port());
+    let resolve = format!("admin.test:{}:127.0.0.1", admin.port());
+    let r = curl(
+        &url,
+        &["--cacert", &cert.to_string_lossy(), "--resolve", &resolve],
+    )
+    .expect("curl");
+    assert_eq!(r.status, 200, "{r:?}");
+    assert!(r.body.contains(&instance), "{}", r.body);
+    let plain = curl(&format!("http://{admin}/api/status"), &["--max-time", "3"]).expect("curl");
+    assert_ne!(
+        plain.status, 200,
+        "no plain HTTP on a TLS admin listener: {plain:?}"
+    );
+    assert_eq!(lb.stop(libc::SIGTERM).expect("exit"), Some(0));
 }

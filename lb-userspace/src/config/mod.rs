@@ -216,6 +216,10 @@ pub struct Admin {
     /// Required when `listen` is not a loopback address.
     #[serde(default)]
     pub token: Option<String>,
+    /// TLS for the admin listener: `{ cert, key }` (required on a
+    /// non-loopback `listen`).
+    #[serde(default)]
+    pub tls: Option<Tls>,
     /// File holding the token on its first line (instead of `token`); must
     /// not be readable by group or others.
     #[serde(default)]
@@ -432,15 +436,21 @@ impl Config {
                 );
             }
             if let Some(l) = a.listen.filter(|l| !l.0.ip().is_loopback()) {
-                if !has_token {
+                if !has_token || a.tls.is_none() {
                     problem(
                         &[Seg::Key("admin"), Seg::Key("listen")],
                         "admin.listen".into(),
                         format!(
-                            "`{}` is not a loopback address and no token is set: anyone who \
-                             reaches it could change limits; allowed: a loopback address \
-                             (127.0.0.1, ::1), or set admin.token or admin.tokenFile",
-                            l.0
+                            "`{}` is not a loopback address, and {}: anyone who reaches it \
+                             could change limits or read the token on the wire; allowed: a \
+                             loopback address (127.0.0.1, ::1), or admin.token (or \
+                             admin.tokenFile) with admin.tls = {{ cert, key }}",
+                            l.0,
+                            match (has_token, a.tls.is_some()) {
+                                (false, false) => "neither a token nor TLS is set",
+                                (false, true) => "no token is set",
+                                _ => "no TLS is set",
+                            }
                         ),
                     );
                 }
