@@ -351,9 +351,22 @@ pub async fn start(
                 }
             },
         };
+        let mut last_error_log: Option<std::time::Instant> = None;
         loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
+            let stream = match listener.accept().await {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of descriptors or memory: say so (at most once a
+                    // second) and back off, rather than spin.
+                    if last_error_log
+                        .is_none_or(|t| t.elapsed() >= std::time::Duration::from_secs(1))
+                    {
+                        tracing::warn!(%addr, error = %e, "admin accept failed");
+                        last_error_log = Some(std::time::Instant::now());
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
             };
             let admin = Arc::clone(&admin);
             tokio::spawn(async move {

@@ -8,6 +8,7 @@ pub mod backend;
 pub mod client;
 pub mod harness;
 pub mod lb;
+pub mod load;
 pub mod netns;
 pub mod packet;
 pub mod peers;

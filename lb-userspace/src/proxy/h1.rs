@@ -204,7 +204,9 @@ impl Conn {
 }
 
 /// Writes the request line and headers.
-fn encode_head(req: &http::Request<ReqBody>, out: &mut Vec<u8>) {
+/// Public for the fuzz target `http_head` (fuzz/).
+#[doc(hidden)]
+pub fn encode_head(req: &http::Request<ReqBody>, out: &mut Vec<u8>) {
     out.clear();
     out.extend_from_slice(req.method().as_str().as_bytes());
     out.push(b' ');
@@ -228,8 +230,10 @@ fn encode_head(req: &http::Request<ReqBody>, out: &mut Vec<u8>) {
 }
 
 /// How a response body ends.
+/// Public for the fuzz target `http_head` (fuzz/).
+#[doc(hidden)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Framing {
+pub enum Framing {
     /// No body (HEAD, 1xx, 204, 304).
     Empty,
     /// This many bytes left.
@@ -241,8 +245,10 @@ enum Framing {
 }
 
 /// Where a chunked decoder is.
+/// Public for the fuzz target `http_head` (fuzz/).
+#[doc(hidden)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Chunk {
+pub enum Chunk {
     /// Before a size line.
     Size,
     /// Inside chunk data, this much left.
@@ -254,7 +260,12 @@ enum Chunk {
 }
 
 /// Parses a response head off the front of `buf`, if complete.
-fn parse_head(
+/// Public for the fuzz target `http_head` (fuzz/).
+///
+/// # Errors
+/// The head is not a valid HTTP/1.x response head.
+#[doc(hidden)]
+pub fn parse_head(
     buf: &mut BytesMut,
     head_only: bool,
 ) -> Result<Option<(http::response::Parts, Framing, bool)>, String> {
@@ -315,11 +326,18 @@ fn parse_head(
             Framing::Close
         }
     } else if let Some(cl) = headers.get(header::CONTENT_LENGTH) {
-        let n = cl
-            .to_str()
-            .ok()
-            .and_then(|s| s.trim().parse::<u64>().ok())
-            .ok_or("bad content-length")?;
+        let length = |v: &HeaderValue| v.to_str().ok().and_then(|s| s.trim().parse::<u64>().ok());
+        let n = length(cl).ok_or("bad content-length")?;
+        // Every Content-Length must agree (RFC 9112 6.3): after the shorter
+        // body, the rest of a longer one would be read as the next response
+        // on the reused connection.
+        if headers
+            .get_all(header::CONTENT_LENGTH)
+            .iter()
+            .any(|v| length(v) != Some(n))
+        {
+            return Err("conflicting content-length headers".into());
+        }
         Framing::Length(n)
     } else {
         keep_alive = false;
@@ -601,5 +619,26 @@ mod tests {
         assert!(parse_head(&mut b, false).unwrap().is_none());
         let mut b = BytesMut::from(&b"SSH-2.0-x\r\n\r\n"[..]);
         assert!(parse_head(&mut b, false).is_err());
+    }
+
+    /// Found by the `http_head` fuzz target: two different lengths were
+    /// framed by the first, leaving the rest of the body to be read as the
+    /// next response on the connection.
+    #[test]
+    fn conflicting_content_lengths_are_refused() {
+        let crash = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 10\r\n\r\nhellohello";
+        let mut b = BytesMut::from(&crash[..]);
+        assert_eq!(
+            parse_head(&mut b, false).err().as_deref(),
+            Some("conflicting content-length headers")
+        );
+        // The same length twice is one length.
+        let mut b = BytesMut::from(
+            &b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\ncontent-length:  5\r\n\r\nhello"[..],
+        );
+        assert_eq!(
+            parse_head(&mut b, false).unwrap().unwrap().1,
+            Framing::Length(5)
+        );
     }
 }

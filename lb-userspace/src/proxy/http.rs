@@ -94,7 +94,9 @@ pub async fn serve(
     let t = &ctx.timeouts;
     let tick = (t.client_idle.0.min(t.header_read.0) / 4)
         .clamp(Duration::from_millis(10), Duration::from_secs(1));
-    let mut ticker = tokio::time::interval(tick);
+    // The first look one tick from now, not at once: a head that starts
+    // with the connection then gets its whole `headerRead`.
+    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + tick, tick);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut dog = Watchdog::default();
     let mut draining = *stop.borrow();
@@ -125,6 +127,12 @@ pub async fn serve(
                     draining = true;
                 }
                 Verdict::Idle => {}
+                Verdict::Stalled => {
+                    // A response the client does not read: close, as a
+                    // graceful shutdown would wait for it forever.
+                    ctx.counters().timeout(Timeout::ClientIdle);
+                    break;
+                }
             },
             changed = stop.changed(), if !draining => {
                 if changed.is_err() || *stop.borrow() {
@@ -197,6 +205,8 @@ enum Verdict {
     Fine,
     HeaderTimeout,
     Idle,
+    /// A response has waited `clientIdle` for the client to read any of it.
+    Stalled,
 }
 
 /// Samples a connection's [`ConnState`] each tick.
@@ -204,8 +214,11 @@ enum Verdict {
 struct Watchdog {
     last_in: u64,
     last_started: u64,
+    last_out: u64,
     partial: Duration,
     quiet: Duration,
+    /// How long a response has waited for the client to read.
+    stalled: Duration,
 }
 
 impl Watchdog {
@@ -221,11 +234,25 @@ impl Watchdog {
         let moved = bytes_in != self.last_in || started != self.last_started;
         self.last_in = bytes_in;
         self.last_started = started;
+        let bytes_out = s.bytes_out.get();
+        let wrote = bytes_out != self.last_out;
+        self.last_out = bytes_out;
         if s.in_flight.get() > 0 {
             self.partial = Duration::ZERO;
             self.quiet = Duration::ZERO;
+            // Waiting for the backend is the server timeout's business;
+            // waiting for the client to read what is ready is this one's.
+            if s.write_blocked.get() && !wrote {
+                self.stalled += tick;
+                if self.stalled >= idle {
+                    return Verdict::Stalled;
+                }
+            } else {
+                self.stalled = Duration::ZERO;
+            }
             return Verdict::Fine;
         }
+        self.stalled = Duration::ZERO;
         if bytes_in > s.mark.get() && !s.h2.get() {
             // Part of a request head is here: it must complete in time,
             // however slowly its bytes trickle in.
@@ -458,7 +485,9 @@ fn clone_request(r: &Request<()>) -> Request<ReqBody> {
 
 /// Rewrites a client request for the backend: hop-by-hop headers out,
 /// forwarding headers in, the URI and version the backend protocol needs.
-fn prepare_request(
+/// Public for the fuzz target `http_head` (fuzz/).
+#[doc(hidden)]
+pub fn prepare_request(
     parts: &mut http::request::Parts,
     fwd: &headers::Forwarding,
     protocol: BackendProtocol,
@@ -508,7 +537,9 @@ fn prepare_request(
 }
 
 /// The values of cookie `name` in a request, in order (quotes removed).
-fn cookies<'a>(headers: &'a http::HeaderMap, name: &'a str) -> impl Iterator<Item = &'a str> {
+/// Public for the fuzz target `http_head` (fuzz/).
+#[doc(hidden)]
+pub fn cookies<'a>(headers: &'a http::HeaderMap, name: &'a str) -> impl Iterator<Item = &'a str> {
     headers
         .get_all(header::COOKIE)
         .iter()

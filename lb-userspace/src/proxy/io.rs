@@ -32,9 +32,24 @@ pub struct ConnState {
     pub started: Cell<u64>,
     /// The client opened with the HTTP/2 preface.
     pub h2: Cell<bool>,
+    /// The last write to the client could not go out (its socket buffer is
+    /// full: the client reads nothing).
+    pub write_blocked: Cell<bool>,
 }
 
 impl ConnState {
+    /// Notes the outcome of a write to the client.
+    fn wrote(&self, r: &Poll<io::Result<usize>>) {
+        match r {
+            Poll::Ready(Ok(n)) => {
+                self.bytes_out.set(self.bytes_out.get() + *n as u64);
+                self.write_blocked.set(false);
+            }
+            Poll::Pending => self.write_blocked.set(true),
+            Poll::Ready(Err(_)) => {}
+        }
+    }
+
     /// A request head is complete: it is in flight until the guard drops
     /// (when its response body ends or is abandoned).
     #[must_use]
@@ -99,10 +114,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Tracked<S> {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let r = Pin::new(&mut self.inner).poll_write(cx, buf);
-        if let Poll::Ready(Ok(n)) = r {
-            let s = &self.state;
-            s.bytes_out.set(s.bytes_out.get() + n as u64);
-        }
+        self.state.wrote(&r);
         r
     }
 
@@ -112,10 +124,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Tracked<S> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
-        if let Poll::Ready(Ok(n)) = r {
-            let s = &self.state;
-            s.bytes_out.set(s.bytes_out.get() + n as u64);
-        }
+        self.state.wrote(&r);
         r
     }
 
