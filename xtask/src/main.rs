@@ -18,6 +18,11 @@
 //! - `bench tls`: full and resumed TLS 1.3 handshakes/s and CPU per
 //!   handshake for lb, HAProxy and nginx, written to `bench/results/tls.md`.
 //! - `bench all`: all three, xdp, then proxy, then tls.
+//! - `fuzz [--seconds N] [TARGET]`: the cargo-fuzz targets in `fuzz/`,
+//!   built with nightly, each run for N seconds on a copy of its committed
+//!   corpus; fails naming the target and the crash file (docs/fuzzing.md).
+//! - `soak [--seconds N]`: the soak test (`tests/tests/soak.rs`) for N
+//!   seconds (default 300) on a debug build of `lb` (docs/reliability.md).
 //!
 //! Every command but `setup` runs `setup` first.
 
@@ -59,6 +64,23 @@ enum Cmd {
         /// Shorter runs (numbers only prove the harness works).
         #[arg(long)]
         quick: bool,
+    },
+    /// Build the fuzz targets (fuzz/, nightly) and run each for a while on
+    /// a copy of its seed corpus; `xdp` needs root.
+    Fuzz {
+        /// Seconds each target runs.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+        /// One target: `config`, `http_head`, `client_hello` or `xdp`
+        /// (default: all).
+        target: Option<String>,
+    },
+    /// The soak test: mixed traffic and reloads for a while, then memory,
+    /// descriptors and counters checked (docs/reliability.md).
+    Soak {
+        /// How long the traffic runs (CI runs it for 60 s in `test`).
+        #[arg(long, default_value_t = 300)]
+        seconds: u64,
     },
 }
 
@@ -223,6 +245,25 @@ fn run_tests(cmd: &mut Command, totals: &mut (u64, u64)) -> Result<()> {
     Ok(())
 }
 
+/// `cargo test -p lb-tests --test soak` with `LB_SOAK_SECS=seconds`, on
+/// the debug `lb` that `test` builds too.
+fn soak(obj: &Path, seconds: u64) -> Result<()> {
+    run(cargo_with(obj).args(["build", "-p", "lb-userspace", "--bins"])).context("building lb")?;
+    run(cargo_with(obj)
+        .env("LB_BIN", root().join("target/debug/lb"))
+        .env("LB_SOAK_SECS", seconds.to_string())
+        .args([
+            "test",
+            "-p",
+            "lb-tests",
+            "--test",
+            "soak",
+            "--",
+            "--nocapture",
+        ]))
+    .context("the soak test")
+}
+
 fn test(obj: &Path) -> Result<()> {
     // The binary the integration tests start.
     run(cargo_with(obj).args(["build", "-p", "lb-userspace", "--bins"])).context("building lb")?;
@@ -301,6 +342,149 @@ fn bench_one(obj: &Path, name: &str, quick: bool) -> Result<()> {
     run_tool(obj, &format!("lb-bench-{name}"), &args)
 }
 
+/// The fuzz targets in `fuzz/fuzz_targets`, in the order they run.
+const FUZZ_TARGETS: [&str; 4] = ["config", "http_head", "client_hello", "xdp"];
+
+/// Installs cargo-fuzz if it is missing (about 30 s; not part of `setup`,
+/// which every command runs, since only this one needs it).
+fn cargo_fuzz() -> Result<()> {
+    let have = cargo()
+        .args(["fuzz", "--version"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if have {
+        return Ok(());
+    }
+    eprintln!("xtask fuzz: installing cargo-fuzz");
+    run(cargo().args(["install", "--quiet", "--locked", "cargo-fuzz"]))
+        .context("installing cargo-fuzz (`cargo install cargo-fuzz --locked`)")
+}
+
+/// The host target triple (where cargo-fuzz puts the binaries).
+fn host_triple() -> Result<String> {
+    let out = Command::new("rustc")
+        .args(["+nightly", "-vV"])
+        .output()
+        .context("running rustc +nightly -vV")?;
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("host: "))
+        .map(str::to_owned)
+        .context("no `host:` line in rustc -vV")
+}
+
+/// Builds the fuzz targets and runs each (or `only`) for `seconds` on a
+/// copy of `fuzz/corpus/TARGET`, so a run adds no file to the repository;
+/// crash files go to `fuzz/target/artifacts/TARGET/`. Fails naming every
+/// target that crashed and its crash file.
+fn fuzz(obj: &Path, seconds: u64, only: Option<&str>) -> Result<()> {
+    let targets: Vec<&str> = match only {
+        None => FUZZ_TARGETS.to_vec(),
+        Some(t) if FUZZ_TARGETS.contains(&t) => vec![t],
+        Some(t) => bail!(
+            "unknown fuzz target `{t}`; allowed: {}",
+            FUZZ_TARGETS.join(", ")
+        ),
+    };
+    cargo_fuzz()?;
+    let mut build = cargo_with(obj);
+    build.args(["+nightly", "fuzz", "build"]);
+    if let Some(t) = only {
+        build.arg(t);
+    }
+    run(&mut build).context("building the fuzz targets (cargo +nightly fuzz build)")?;
+    let out = root().join("fuzz/target");
+    let bin_dir = out.join(host_triple()?).join("release");
+    let mut crashed = Vec::new();
+    for target in targets {
+        if target == "xdp" && !is_root() {
+            if std::env::var("CI").is_ok_and(|v| v == "true") {
+                bail!("CI=true but not root: the xdp fuzz target needs root");
+            }
+            println!("xtask fuzz: xdp: SKIPPED, needs root (it loads BPF programs)");
+            continue;
+        }
+        let corpus = out.join("corpus").join(target);
+        let artifacts = out.join("artifacts").join(target);
+        let log = out.join("logs").join(format!("{target}.log"));
+        copy_corpus(&root().join("fuzz/corpus").join(target), &corpus)?;
+        std::fs::create_dir_all(&artifacts)
+            .with_context(|| format!("creating {}", artifacts.display()))?;
+        std::fs::create_dir_all(out.join("logs"))?;
+        println!("xtask fuzz: {target}: {seconds} s");
+        let log_file =
+            std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
+        let status = Command::new(bin_dir.join(target))
+            .arg(format!("-max_total_time={seconds}"))
+            .args(["-rss_limit_mb=2048", "-timeout=20", "-print_final_stats=1"])
+            // Ethernet frames; longer packets are cut to 1522 bytes anyway.
+            .args((target == "xdp").then_some("-max_len=1600"))
+            .arg(format!("-artifact_prefix={}/", artifacts.display()))
+            .arg(&corpus)
+            .current_dir(root())
+            .stdout(log_file.try_clone()?)
+            .stderr(log_file)
+            .status()
+            .with_context(|| format!("starting fuzz target {target}"))?;
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if status.success() {
+            let done = text.lines().rfind(|l| l.starts_with("Done ")).unwrap_or("");
+            println!("xtask fuzz: {target}: no crash; {done}");
+            continue;
+        }
+        // The panic or sanitizer report and where libFuzzer wrote the input.
+        let mut lines = text.lines();
+        while let Some(l) = lines.next() {
+            if l.contains("panicked at") || l.contains("ERROR:") || l.contains("SUMMARY:") {
+                println!("  {l}");
+                if l.contains("panicked at") {
+                    lines.by_ref().take(3).for_each(|l| println!("  {l}"));
+                }
+            }
+        }
+        let artifact = text
+            .lines()
+            .find_map(|l| l.split("Test unit written to ").nth(1))
+            .map_or_else(
+                || format!("none written, see {}", log.display()),
+                str::to_owned,
+            );
+        println!(
+            "xtask fuzz: {target}: CRASHED ({status}); input: {artifact}; log: {}",
+            log.display()
+        );
+        crashed.push(format!("{target} (input {artifact})"));
+    }
+    if !crashed.is_empty() {
+        bail!(
+            "fuzz target(s) crashed: {}; reproduce with `fuzz/target/{}/release/TARGET FILE`, \
+             and make each a regression test (docs/fuzzing.md)",
+            crashed.join(", "),
+            host_triple().unwrap_or_else(|_| "HOST".into())
+        );
+    }
+    Ok(())
+}
+
+/// Replaces `to` with a copy of the files in `from`.
+fn copy_corpus(from: &Path, to: &Path) -> Result<()> {
+    if to.exists() {
+        std::fs::remove_dir_all(to).with_context(|| format!("removing {}", to.display()))?;
+    }
+    std::fs::create_dir_all(to).with_context(|| format!("creating {}", to.display()))?;
+    for entry in std::fs::read_dir(from).with_context(|| format!("reading {}", from.display()))? {
+        let path = entry?.path();
+        if path.is_file() {
+            let dest = to.join(path.file_name().context("a file name")?);
+            std::fs::copy(&path, &dest)
+                .with_context(|| format!("copying {} to {}", path.display(), dest.display()))?;
+        }
+    }
+    Ok(())
+}
+
 fn main() -> Result<()> {
     let cli = Cli::parse();
     setup::setup().context("xtask setup")?;
@@ -324,5 +508,7 @@ fn main() -> Result<()> {
             }
             Ok(())
         }
+        Cmd::Fuzz { seconds, target } => fuzz(&build_ebpf()?, seconds, target.as_deref()),
+        Cmd::Soak { seconds } => soak(&build_ebpf()?, seconds),
     }
 }
