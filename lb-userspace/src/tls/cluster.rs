@@ -57,6 +57,18 @@ pub fn redact(url: &str) -> String {
 /// How long after a failure the next connect is tried.
 const RETRY: Duration = Duration::from_secs(1);
 
+/// A connection to `client` whose connect, reads and writes each give up
+/// after `timeout`.
+pub(super) fn open(
+    client: &redis::Client,
+    timeout: Duration,
+) -> redis::RedisResult<redis::Connection> {
+    let c = client.get_connection_with_timeout(timeout)?;
+    c.set_read_timeout(Some(timeout))?;
+    c.set_write_timeout(Some(timeout))?;
+    Ok(c)
+}
+
 /// The cluster's Redis, shared by every frontend.
 pub struct Redis {
     url: String,
@@ -159,10 +171,7 @@ impl Redis {
             return Ok(None);
         }
         self.calls.fetch_add(1, Relaxed);
-        let c = self.client.get_connection_with_timeout(TIMEOUT)?;
-        c.set_read_timeout(Some(TIMEOUT))?;
-        c.set_write_timeout(Some(TIMEOUT))?;
-        Ok(Some(c))
+        open(&self.client, TIMEOUT).map(Some)
     }
 
     /// Runs `f` on the connection (made if need be); None when Redis is

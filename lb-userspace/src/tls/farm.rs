@@ -232,12 +232,7 @@ pub fn rotate_now(url: &str, keep: usize) -> Result<KeySet, TicketKeyError> {
         )));
     }
     let client = redis::Client::open(url).map_err(|e| fail(e.to_string()))?;
-    let mut c = client
-        .get_connection_with_timeout(CLI_TIMEOUT)
-        .map_err(|e| fail(e.to_string()))?;
-    c.set_read_timeout(Some(CLI_TIMEOUT))
-        .and_then(|()| c.set_write_timeout(Some(CLI_TIMEOUT)))
-        .map_err(|e| fail(e.to_string()))?;
+    let mut c = super::cluster::open(&client, CLI_TIMEOUT).map_err(|e| fail(e.to_string()))?;
     let (text, _) = update(&mut c, keep, true)
         .map_err(|e| fail(e.to_string()))?
         .map_err(|why| fail(format!("{why}; not rotated")))?;
