@@ -4,13 +4,14 @@
 //! frontend's own certificate or nothing (`unknownSni = "alert"`: rustls
 //! then ends the handshake with a fatal alert).
 
-use std::{collections::HashMap, path::Path, sync::Arc};
+use std::{collections::HashMap, io::Read as _, path::Path, sync::Arc};
 
 use rustls::{
     server::{ClientHello, ResolvesServerCert},
     sign::CertifiedKey,
 };
 use rustls_pki_types::{pem::PemObject as _, CertificateDer, PrivateKeyDer};
+use zeroize::Zeroizing;
 
 use super::TlsError;
 
@@ -39,27 +40,25 @@ pub fn load(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, TlsError> {
             what: "no `BEGIN CERTIFICATE` block in it".into(),
         });
     }
-    // A private key anyone on the host can read has leaked already.
-    if let Ok(meta) = std::fs::metadata(key) {
-        use std::os::unix::fs::MetadataExt as _;
-        let mode = meta.mode() & 0o7777;
-        if mode & 0o007 != 0 {
-            return Err(TlsError::File {
-                path: key.to_owned(),
-                what: format!(
-                    "the private key is open to other users (mode {mode:04o}); allowed: no \
-                     access for others, e.g. 0600, or 0640 with a group of its own \
-                     (chmod o-rwx {})",
-                    key.display()
-                ),
-            });
-        }
-    }
-    let der = PrivateKeyDer::from_pem_file(key).map_err(file_err(
-        key,
-        "reading a PEM private key (PKCS#8, SEC1 or PKCS#1)",
-    ))?;
+    const READING_KEY: &str = "reading a PEM private key (PKCS#8, SEC1 or PKCS#1)";
+    let pem = read_key_file(key).map_err(|e| match e {
+        KeyFile::Open(e) => file_err(key, READING_KEY)(rustls_pki_types::pem::Error::Io(e)),
+        KeyFile::Mode(mode) => TlsError::File {
+            path: key.to_owned(),
+            what: format!(
+                "the private key is open to other users (mode {mode:04o}); allowed: no \
+                 access for others, e.g. 0600, or 0640 with a group of its own \
+                 (chmod o-rwx {})",
+                key.display()
+            ),
+        },
+    })?;
+    let der = PrivateKeyDer::from_pem_slice(&pem).map_err(file_err(key, READING_KEY))?;
+    drop(pem);
     let provider = rustls::crypto::aws_lc_rs::default_provider();
+    // The provider takes the DER and zeroes it when done (rustls wraps it
+    // in `Zeroizing`); the key then lives in AWS-LC, which cleanses it when
+    // freed.
     let signing = provider
         .key_provider
         .load_private_key(der)
@@ -74,6 +73,35 @@ pub fn load(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, TlsError> {
         why: e.to_string(),
     })?;
     Ok(Arc::new(ck))
+}
+
+/// Why a private key file could not be read.
+enum KeyFile {
+    /// Opening or reading it failed.
+    Open(std::io::Error),
+    /// Others may read or write it (its permission bits).
+    Mode(u32),
+}
+
+/// The text of the private key file at `path`, in a buffer zeroed when
+/// dropped (read in one go, not through a `BufReader` whose buffer would
+/// be freed unzeroed), after checking that other users cannot read it.
+fn read_key_file(path: &Path) -> Result<Zeroizing<Vec<u8>>, KeyFile> {
+    use std::os::unix::fs::MetadataExt as _;
+    let mut file = std::fs::File::open(path).map_err(KeyFile::Open)?;
+    let meta = file.metadata().map_err(KeyFile::Open)?;
+    // A private key anyone on the host can read has leaked already.
+    let mode = meta.mode() & 0o7777;
+    if mode & 0o007 != 0 {
+        return Err(KeyFile::Mode(mode));
+    }
+    // `read_to_end` reserves the file's length before reading, so the
+    // buffer does not grow (freeing a copy unzeroed) unless the file does.
+    let mut pem = Zeroizing::new(Vec::with_capacity(
+        usize::try_from(meta.len()).unwrap_or(0).min(1 << 20),
+    ));
+    file.read_to_end(&mut pem).map_err(KeyFile::Open)?;
+    Ok(pem)
 }
 
 /// Picks the certificate for a ClientHello's SNI.
@@ -208,8 +236,12 @@ pub fn generate(
             "`{name}` is not allowed; use a DNS name (letters, digits, `-`, `.`)"
         )));
     }
-    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
-        .map_err(|e| TlsError::Generate(e.to_string()))?;
+    // The key pair's DER is zeroed when dropped (rcgen's `zeroize`
+    // feature); its AWS-LC key is cleansed when AWS-LC frees it.
+    let key = Zeroizing::new(
+        rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
+            .map_err(|e| TlsError::Generate(e.to_string()))?,
+    );
     let mut params = rcgen::CertificateParams::new(vec![name.to_owned(), format!("*.{name}")])
         .map_err(|e| TlsError::Generate(e.to_string()))?;
     params
@@ -244,7 +276,7 @@ pub fn generate(
             })
     };
     write(&cert_path, &cert.pem(), 0o644)?;
-    write(&key_path, &key.serialize_pem(), 0o600)?;
+    write(&key_path, &Zeroizing::new(key.serialize_pem()), 0o600)?;
     Ok((cert_path, key_path))
 }
 
@@ -274,6 +306,84 @@ mod tests {
             .expect_err("missing")
             .to_string();
         assert!(err.contains("none.pem"), "{err}");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    /// Neither the `Debug` of the loaded certificates nor an error about
+    /// the key file shows the private key (its scalar in hex or as bytes,
+    /// or its PEM text).
+    #[test]
+    fn debug_and_key_file_errors_never_show_the_private_key() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = std::env::temp_dir().join(format!("lb-secret-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let (cert, key) = generate("s.test", &dir).expect("generate");
+        let pem = std::fs::read_to_string(&key).expect("read");
+        let der = PrivateKeyDer::from_pem_slice(pem.as_bytes()).expect("der");
+        let der = der.secret_der();
+        // ECPrivateKey: version 1, then the 32-byte scalar.
+        let at = der
+            .windows(5)
+            .position(|w| w == [2, 1, 1, 4, 32])
+            .expect("an EC private key")
+            + 5;
+        let scalar = &der[at..at + 32];
+        let hex: String = scalar.iter().map(|b| format!("{b:02x}")).collect();
+        let bytes = format!("{:?}", &scalar[..6]);
+        let mut secret = vec![
+            hex.clone(),
+            hex.to_ascii_uppercase(),
+            bytes.trim_matches(['[', ']']).to_owned(),
+        ];
+        secret.extend(
+            pem.lines()
+                .filter(|l| !l.starts_with("-----") && l.len() >= 16)
+                .map(|l| l[..16].to_owned()),
+        );
+        let leaks = |what: &str, out: &str| {
+            for s in &secret {
+                assert!(
+                    !out.contains(s.as_str()),
+                    "{what} shows the key ({s}): {out}"
+                );
+            }
+        };
+
+        let ck = load(&cert, &key).expect("load");
+        let r = SniResolver::new(
+            [("s.test".to_owned(), Arc::clone(&ck))],
+            Some(Arc::clone(&ck)),
+            Some(Arc::clone(&ck)),
+        );
+        let store = CertStore::new(r);
+        leaks("CertStore's Debug", &format!("{store:#?}"));
+        leaks("CertifiedKey's Debug", &format!("{ck:?}"));
+
+        // Open to others: refused, naming the file and the mode.
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        let err = load(&cert, &key).expect_err("mode").to_string();
+        assert!(err.contains("open to other users (mode 0644)"), "{err}");
+        assert!(err.contains(&*key.to_string_lossy()), "{err}");
+        leaks("a mode error", &err);
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        // Bad base64 in the key: the error names the file, not the key.
+        let body = pem.lines().nth(1).expect("a body line");
+        let broken = pem.replacen(body, &format!("{}!{}", &body[..20], &body[21..]), 1);
+        std::fs::write(&key, broken).expect("write");
+        let err = load(&cert, &key).expect_err("bad base64");
+        let text = err.to_string();
+        assert!(text.contains("reading a PEM private key"), "{text}");
+        assert!(text.contains(&*key.to_string_lossy()), "{text}");
+        leaks("a base64 error", &text);
+        leaks("a base64 error's Debug", &format!("{err:?}"));
+        // Missing: an I/O error naming the file.
+        std::fs::remove_file(&key).expect("rm");
+        let err = load(&cert, &key).expect_err("missing").to_string();
+        assert!(
+            err.contains("reading a PEM private key") && err.contains("I/O error"),
+            "{err}"
+        );
+        assert!(err.contains(&*key.to_string_lossy()), "{err}");
         let _ = std::fs::remove_dir_all(dir);
     }
 

@@ -44,6 +44,8 @@ use std::{
     time::Duration,
 };
 
+use zeroize::Zeroizing;
+
 use super::{
     cluster::Redis,
     tickets::{self, KeySet, KeySource, Poll, TicketKeyError},
@@ -57,6 +59,19 @@ pub const ROTATED: &str = "lb:tls:ticket-keys:rotated";
 /// How long `lb tls rotate-keys --redis` waits for Redis.
 const CLI_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// The text of a key set (it holds the keys), zeroed when dropped. A `GET`
+/// reply is taken as the `Vec` redis parsed it into, not copied; redis's
+/// own read and write buffers are not ours to wipe (docs/tls.md, Secrets).
+type KeyText = Zeroizing<Vec<u8>>;
+
+/// `GET` [`KEYS`], wrapped at once so that it is zeroed when dropped.
+fn get_keys(c: &mut redis::Connection) -> redis::RedisResult<Option<KeyText>> {
+    Ok(redis::cmd("GET")
+        .arg(KEYS)
+        .query::<Option<Vec<u8>>>(c)?
+        .map(Zeroizing::new))
+}
+
 /// The farm's ticket keys in the cluster's Redis (module doc).
 pub struct FarmKeys {
     redis: Arc<Redis>,
@@ -64,7 +79,7 @@ pub struct FarmKeys {
     rotation: Duration,
     keep: usize,
     /// The text of the set last taken or refused.
-    seen: Mutex<Option<Vec<u8>>>,
+    seen: Mutex<Option<KeyText>>,
     rotations: AtomicU64,
     /// `host/pid`, written into [`ROTATED`].
     node: String,
@@ -109,7 +124,7 @@ impl FarmKeys {
     /// Rotates if the last rotation has expired, creates the set if there
     /// is none, and returns the set's text now in Redis (or why it is
     /// refused).
-    fn sync(&self, c: &mut redis::Connection) -> redis::RedisResult<Result<Vec<u8>, String>> {
+    fn sync(&self, c: &mut redis::Connection) -> redis::RedisResult<Result<KeyText, String>> {
         let due = !self.rotation.is_zero()
             && redis::cmd("SET")
                 .arg(ROTATED)
@@ -120,7 +135,7 @@ impl FarmKeys {
                 .query::<Option<String>>(c)?
                 .is_some();
         if !due {
-            if let Some(text) = redis::cmd("GET").arg(KEYS).query::<Option<Vec<u8>>>(c)? {
+            if let Some(text) = get_keys(c)? {
                 return Ok(Ok(text));
             }
         }
@@ -147,9 +162,9 @@ fn update(
     c: &mut redis::Connection,
     keep: usize,
     rotate: bool,
-) -> redis::RedisResult<Result<(Vec<u8>, bool), String>> {
+) -> redis::RedisResult<Result<(KeyText, bool), String>> {
     redis::transaction(c, &[KEYS], |c, pipe| {
-        let old = redis::cmd("GET").arg(KEYS).query::<Option<Vec<u8>>>(c)?;
+        let old = get_keys(c)?;
         let base = match old {
             Some(text) if !rotate => return Ok(Some(Ok((text, false)))),
             Some(text) => match tickets::parse(Path::new(KEYS), &text) {
@@ -161,9 +176,10 @@ fn update(
         let Some(new) = base.rotated(keep) else {
             return Ok(Some(Err("the system's random generator failed".into())));
         };
-        let text = new.to_text().into_bytes();
+        // The String's buffer, moved (not copied) into a zeroing Vec.
+        let text: KeyText = Zeroizing::new(std::mem::take(&mut *new.to_text()).into_bytes());
         // None: another node wrote the set since WATCH; read it again.
-        let done: Option<(String,)> = pipe.cmd("SET").arg(KEYS).arg(&text).query(c)?;
+        let done: Option<(String,)> = pipe.cmd("SET").arg(KEYS).arg(text.as_slice()).query(c)?;
         Ok(done.map(|_| Ok((text, true))))
     })
 }
@@ -190,7 +206,7 @@ impl KeySource for FarmKeys {
                 return Poll::Refused;
             }
         };
-        if seen.as_deref() == Some(text.as_slice()) {
+        if seen.as_deref().map(Vec::as_slice) == Some(text.as_slice()) {
             return Poll::Same;
         }
         let parsed = tickets::parse(Path::new(KEYS), &text);

@@ -68,6 +68,7 @@ use std::{
 };
 
 use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, NONCE_LEN};
+use zeroize::Zeroizing;
 
 /// Length of a key name, in bytes (32 hex digits in the file).
 pub const NAME_LEN: usize = 16;
@@ -219,16 +220,28 @@ fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> T
     }
 }
 
-/// One key of a [`KeySet`]: its public name and its AES-256-GCM key.
+/// The bytes of one AES-256-GCM key, on the heap and zeroed when dropped.
+/// Boxed so that moving a key (into a `Vec`, or a `Vec` growing) moves a
+/// pointer and leaves no copy of the key behind; filled in place.
+type Secret = Box<Zeroizing<[u8; KEY_LEN]>>;
+
+fn new_secret() -> Secret {
+    Box::new(Zeroizing::new([0u8; KEY_LEN]))
+}
+
+/// One key of a [`KeySet`]: its public name and its AES-256-GCM key. No
+/// `Debug`: [`KeySet`]'s shows the names only.
 struct TicketKey {
     name: [u8; NAME_LEN],
-    secret: [u8; KEY_LEN],
+    /// Kept to write the key out again (rotation) and to copy it; the
+    /// AES key schedule in `aead` is AWS-LC's, cleansed when it frees it.
+    secret: Secret,
     aead: LessSafeKey,
 }
 
 impl TicketKey {
-    fn new(name: [u8; NAME_LEN], secret: [u8; KEY_LEN]) -> Option<Self> {
-        let unbound = UnboundKey::new(&AES_256_GCM, &secret).ok()?;
+    fn new(name: [u8; NAME_LEN], secret: Secret) -> Option<Self> {
+        let unbound = UnboundKey::new(&AES_256_GCM, &secret[..]).ok()?;
         Some(Self {
             name,
             secret,
@@ -239,20 +252,17 @@ impl TicketKey {
     /// A fresh random key; None if the system's random generator failed.
     fn random() -> Option<Self> {
         let mut name = [0u8; NAME_LEN];
-        let mut secret = [0u8; KEY_LEN];
+        let mut secret = new_secret();
         aws_lc_rs::rand::fill(&mut name).ok()?;
-        aws_lc_rs::rand::fill(&mut secret).ok()?;
+        aws_lc_rs::rand::fill(&mut secret[..]).ok()?;
         Self::new(name, secret)
     }
-}
 
-impl Drop for TicketKey {
-    fn drop(&mut self) {
-        for byte in &mut self.secret {
-            // SAFETY: `byte` is a valid, aligned, exclusive reference; the
-            // volatile write only keeps the compiler from eliding the wipe.
-            unsafe { std::ptr::write_volatile(byte, 0) };
-        }
+    /// A copy of this key, in a buffer of its own (zeroed when dropped).
+    fn copy(&self) -> Option<Self> {
+        let mut secret = new_secret();
+        secret.copy_from_slice(&self.secret[..]);
+        Self::new(self.name, secret)
     }
 }
 
@@ -306,9 +316,12 @@ impl KeySet {
 
     /// A copy of these keys.
     fn copy(&self) -> Option<Self> {
-        let keys = self.keys.iter().map(|k| TicketKey::new(k.name, k.secret));
         Some(Self {
-            keys: keys.collect::<Option<_>>()?,
+            keys: self
+                .keys
+                .iter()
+                .map(TicketKey::copy)
+                .collect::<Option<_>>()?,
         })
     }
 
@@ -322,23 +335,31 @@ impl KeySet {
         Some(self)
     }
 
-    /// The keys in the key file format (module doc), header included.
+    /// The keys in the key file format (module doc), header included; the
+    /// text is zeroed when dropped. It is written into one buffer sized up
+    /// front, so no partial copy is left behind by a reallocation.
     #[must_use]
-    pub fn to_text(&self) -> String {
-        let mut out = String::from(
-            "# lb TLS session ticket keys, written by `lb tls rotate-keys`; keep this file \
-             mode 0600.\n# One key per line: NAME (32 hex digits) KEY (AES-256-GCM, 64 hex \
-             digits).\n# The first key encrypts new tickets; every key listed decrypts.\n",
-        );
+    pub fn to_text(&self) -> Zeroizing<String> {
+        const LINE: usize = 2 * NAME_LEN + 1 + 2 * KEY_LEN + 1;
+        let mut out = Zeroizing::new(String::with_capacity(
+            KEY_FILE_HEADER.len() + LINE * self.keys.len(),
+        ));
+        out.push_str(KEY_FILE_HEADER);
         for key in &self.keys {
-            out.push_str(&hex(&key.name));
+            push_hex(&mut out, &key.name);
             out.push(' ');
-            out.push_str(&hex(&key.secret));
+            push_hex(&mut out, &key.secret[..]);
             out.push('\n');
         }
         out
     }
 }
+
+/// The header [`KeySet::to_text`] writes.
+const KEY_FILE_HEADER: &str = "# lb TLS session ticket keys, written by `lb tls rotate-keys`; \
+                               keep this file mode 0600.\n# One key per line: NAME (32 hex \
+                               digits) KEY (AES-256-GCM, 64 hex digits).\n# The first key \
+                               encrypts new tickets; every key listed decrypts.\n";
 
 impl fmt::Debug for KeySet {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -348,35 +369,41 @@ impl fmt::Debug for KeySet {
     }
 }
 
+/// `bytes` in lower-case hex (key names, never keys: see [`push_hex`]).
 fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        s.push(char::from(DIGITS[usize::from(b >> 4)]));
-        s.push(char::from(DIGITS[usize::from(b & 0xf)]));
-    }
+    push_hex(&mut s, bytes);
     s
 }
 
-/// Decodes `field` (exactly `N * 2` hex digits) or says what is wrong with it.
-fn unhex<const N: usize>(field: &str, what: &str) -> Result<[u8; N], String> {
+/// Appends `bytes` in lower-case hex to `out`, with no buffer in between.
+fn push_hex(out: &mut String, bytes: &[u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for b in bytes {
+        out.push(char::from(DIGITS[usize::from(b >> 4)]));
+        out.push(char::from(DIGITS[usize::from(b & 0xf)]));
+    }
+}
+
+/// Decodes `field` (exactly `out.len() * 2` hex digits) into `out`, or says
+/// what is wrong with it (never quoting more than one non-hex character).
+fn unhex(field: &str, what: &str, out: &mut [u8]) -> Result<(), String> {
     if let Some(bad) = field.chars().find(|c| !c.is_ascii_hexdigit()) {
         return Err(format!("{what} has a non-hex character {bad:?}"));
     }
-    if field.len() != N * 2 {
+    if field.len() != out.len() * 2 {
         return Err(format!(
             "{what} has {} hex digits, expected {}",
             field.len(),
-            N * 2
+            out.len() * 2
         ));
     }
-    let mut out = [0u8; N];
     for (i, byte) in out.iter_mut().enumerate() {
         let pair = field.get(2 * i..2 * i + 2).unwrap_or_default();
         *byte =
             u8::from_str_radix(pair, 16).map_err(|_| format!("{what} has a non-hex character"))?;
     }
-    Ok(out)
+    Ok(())
 }
 
 /// Parses the text of a key file (permissions already checked); `path`
@@ -411,15 +438,18 @@ pub fn parse(path: &Path, bytes: &[u8]) -> Result<KeySet, TicketKeyError> {
                 fields.len()
             )));
         };
-        let name = unhex::<NAME_LEN>(name, "the key name").map_err(malformed)?;
-        let secret = unhex::<KEY_LEN>(secret, "the key").map_err(malformed)?;
-        if let Some((first, _)) = keys.iter().find(|(_, k)| k.name == name) {
+        let mut key_name = [0u8; NAME_LEN];
+        unhex(name, "the key name", &mut key_name).map_err(malformed)?;
+        // Decoded straight into the key's own (boxed, zeroing) buffer.
+        let mut key = new_secret();
+        unhex(secret, "the key", &mut key[..]).map_err(malformed)?;
+        if let Some((first, _)) = keys.iter().find(|(_, k)| k.name == key_name) {
             return Err(malformed(format!(
                 "the key name {} is already used on line {first}",
-                hex(&name)
+                hex(&key_name)
             )));
         }
-        let key = TicketKey::new(name, secret)
+        let key = TicketKey::new(key_name, key)
             .ok_or_else(|| malformed("AES-256-GCM refused the key".to_owned()))?;
         keys.push((line, key));
     }
@@ -487,7 +517,13 @@ fn read_file(path: &Path) -> Result<(KeySet, Fingerprint), TicketKeyError> {
     let mut file = File::open(path).map_err(io_err("open", path))?;
     let meta = file.metadata().map_err(io_err("stat", path))?;
     check_mode(path, &meta)?;
-    let mut bytes = Vec::with_capacity(usize::try_from(meta.size()).unwrap_or(0).min(1 << 16));
+    // The file's text is zeroed when dropped. `read_to_end` reserves the
+    // file's length before it reads, so the buffer does not grow (a
+    // reallocation would free a copy unzeroed) unless the file grows while
+    // it is read.
+    let mut bytes = Zeroizing::new(Vec::with_capacity(
+        usize::try_from(meta.size()).unwrap_or(0).min(1 << 16),
+    ));
     file.read_to_end(&mut bytes).map_err(io_err("read", path))?;
     let keys = parse(path, &bytes)?;
     Ok((keys, Fingerprint::of(&meta)))
@@ -1109,6 +1145,100 @@ mod tests {
         let debug = format!("{t:?}");
         assert!(debug.contains(NAME_A), "{debug}");
         assert!(!debug.contains(KEY_A), "{debug}");
+    }
+
+    /// Every way lb may print a key set or a key file error: none shows a
+    /// key, in hex (either case), base64 or as a byte array.
+    #[test]
+    fn debug_stats_and_errors_never_show_a_key() {
+        const NAME_B: &str = "f0e0d0c0b0a090807060504030201000";
+        const KEY_B: &str = "0f1e2d3c4b5a69788796a5b4c3d2e1f00f1e2d3c4b5a69788796a5b4c3d2e1f0";
+        let leaks = |what: &str, out: &str| {
+            // KEY_A's bytes are 0x10..=0x2f.
+            for key in [KEY_A, KEY_B] {
+                let upper = key.to_ascii_uppercase();
+                for shown in [&key[..16], &key[48..], &upper[..16]] {
+                    assert!(!out.contains(shown), "{what} shows a key: {out}");
+                }
+            }
+            for shown in ["EBESExQVFhcYGRob", "16, 17, 18, 19", "0x10, 0x11"] {
+                assert!(!out.contains(shown), "{what} shows KEY_A: {out}");
+            }
+        };
+        let path = Path::new("keys");
+        let text = format!(
+            "{NAME_A} {KEY_A}\n{NAME_B} {}\n",
+            KEY_B.to_ascii_uppercase()
+        );
+        let keys = parse(path, text.as_bytes()).unwrap();
+        assert_eq!(keys.len(), 2);
+        for out in [format!("{keys:?}"), format!("{keys:#?}")] {
+            assert!(out.contains(NAME_A) && out.contains(NAME_B), "{out}");
+            leaks("KeySet's Debug", &out);
+        }
+        leaks("encrypting()", &keys.encrypting());
+        let (own, _) = OwnKeys::new(Duration::from_secs(60)).unwrap();
+        let t = Ticketer::new(Box::new(own), keys, 60, Duration::from_secs(60)).unwrap();
+        leaks("Ticketer's Debug", &format!("{t:#?}"));
+        leaks("stats", &serde_json::to_string(&t.stats()).unwrap());
+        // A malformed key line names the line and the fault, never the key.
+        for bad in [
+            format!("{NAME_A} {KEY_A}0\n"),
+            format!("{NAME_A} {}zz\n", &KEY_A[..62]),
+            format!("{NAME_A} {KEY_A} {KEY_B}\n"),
+            format!("{KEY_A} {KEY_B}\n"),
+            format!("{NAME_A} {KEY_A}\n{NAME_A} {KEY_B}\n"),
+        ] {
+            let err = parse(path, bad.as_bytes()).unwrap_err();
+            leaks("a parse error", &err.to_string());
+            leaks("a parse error's Debug", &format!("{err:?}"));
+        }
+    }
+
+    /// The key bytes live in one heap buffer each (zeroed when dropped):
+    /// moving a key, or the set's `Vec` growing, leaves no copy behind.
+    #[test]
+    fn keys_stay_in_one_buffer_as_the_set_changes() {
+        let mut keys = KeySet::fresh().unwrap();
+        let at = |keys: &KeySet| -> Vec<*const u8> {
+            keys.keys.iter().map(|k| k.secret.as_ptr()).collect()
+        };
+        let mut before = at(&keys);
+        // Up to MAX_KEYS, then once more: the oldest key is dropped.
+        for _ in 0..MAX_KEYS {
+            keys = keys.rotated(MAX_KEYS).unwrap();
+            let after = at(&keys);
+            let kept = after.len() - 1;
+            assert_eq!(after[1..], before[..kept], "a key moved in memory");
+            before = after;
+        }
+        assert_eq!(keys.len(), MAX_KEYS);
+        let copy = keys.copy().unwrap();
+        for (a, b) in keys.keys.iter().zip(&copy.keys) {
+            assert_eq!(a.secret[..], b.secret[..]);
+            assert_ne!(
+                a.secret.as_ptr(),
+                b.secret.as_ptr(),
+                "a copy has its own buffer"
+            );
+        }
+    }
+
+    /// The key file text is written into one buffer sized up front: had it
+    /// grown, the reallocation would have freed a partial copy unzeroed.
+    #[test]
+    fn key_text_does_not_grow_while_written() {
+        let mut keys = KeySet::empty();
+        for n in 1..=MAX_KEYS {
+            keys = keys.rotated(MAX_KEYS).unwrap();
+            let text = keys.to_text();
+            assert_eq!(text.len(), text.capacity(), "{n} keys");
+            let back = parse(Path::new("text"), text.as_bytes()).unwrap();
+            assert_eq!(
+                back.names().collect::<Vec<_>>(),
+                keys.names().collect::<Vec<_>>()
+            );
+        }
     }
 
     #[test]
