@@ -639,16 +639,7 @@ impl Scrape {
             let mut by_cpu: BTreeMap<Option<usize>, crate::proxy::counters::TlsTotals> =
                 BTreeMap::new();
             for w in &s.workers {
-                let t = by_cpu.entry(w.cpu).or_default();
-                let o = &w.tls;
-                t.full += o.full;
-                t.resumed_tls12 += o.resumed_tls12;
-                t.resumed_tls13 += o.resumed_tls13;
-                t.resumption_misses += o.resumption_misses;
-                t.failed += o.failed;
-                t.timeouts += o.timeouts;
-                t.gate_refused += o.gate_refused;
-                t.rate_paused += o.rate_paused;
+                by_cpu.entry(w.cpu).or_default().merge(&w.tls);
             }
             let per = |get: fn(&crate::proxy::counters::TlsTotals) -> u64| {
                 by_cpu
@@ -693,6 +684,12 @@ impl Scrape {
                 "lb_tls_gate_refused",
                 "TLS handshakes refused by the per-CPU gate (maxActiveHandshakes).",
                 per(|t| t.gate_refused),
+            )?;
+            gauge(
+                enc,
+                "lb_tls_handshakes_in_flight",
+                "TLS handshakes in the per-CPU gates now (ClientHello read, Finished not yet).",
+                per(|t| t.in_flight),
             )?;
             counter(
                 enc,

@@ -30,6 +30,27 @@ pub fn lb_bin() -> PathBuf {
     p
 }
 
+/// The optimized `lb`: `LB_RELEASE_BIN` (set by `cargo xtask test`), else
+/// `target/release/lb`. For the tests that measure what `lb` costs against
+/// what the machine can do (a handshake storm), where a debug build would
+/// measure the debug build.
+///
+/// # Panics
+/// Neither exists.
+#[must_use]
+pub fn release_bin() -> PathBuf {
+    let p = std::env::var_os("LB_RELEASE_BIN").map_or_else(
+        || Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release/lb"),
+        PathBuf::from,
+    );
+    assert!(
+        p.exists(),
+        "no release lb at {}: run through `cargo xtask test`, or `cargo build --release -p lb-userspace --bin lb`",
+        p.display()
+    );
+    p
+}
+
 /// A running `lb run`. Dropping it SIGKILLs what is left of it.
 pub struct Lb {
     child: Child,
@@ -56,10 +77,24 @@ impl Lb {
         config: &str,
         extra: &[&str],
     ) -> Result<Self> {
+        Self::start_bin(&lb_bin(), ns, config_path, config, extra)
+    }
+
+    /// As [`Lb::start_with`], running the binary `bin`.
+    ///
+    /// # Errors
+    /// As [`Lb::start`].
+    pub fn start_bin(
+        bin: &Path,
+        ns: Option<&Netns>,
+        config_path: &Path,
+        config: &str,
+        extra: &[&str],
+    ) -> Result<Self> {
         std::fs::write(config_path, config)?;
         let mut cmd = match ns {
-            Some(ns) => ns.cmd(&lb_bin().to_string_lossy()),
-            None => Command::new(lb_bin()),
+            Some(ns) => ns.cmd(&bin.to_string_lossy()),
+            None => Command::new(bin),
         };
         let mut child = cmd
             .args(["run", "-c"])

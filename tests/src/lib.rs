@@ -13,6 +13,7 @@ pub mod netns;
 pub mod packet;
 pub mod peers;
 pub mod report;
+pub mod storm;
 pub mod tls;
 
 use std::{
@@ -38,6 +39,41 @@ pub fn have_root(test: &str) -> bool {
     );
     eprintln!("SKIPPED {test}: needs root (BPF, namespaces)");
     false
+}
+
+/// Pins the calling thread to `cpu`; the processes and threads it starts
+/// afterwards inherit that. Returns the CPUs it could run on before, to
+/// give back to [`pin_this_thread_to`].
+///
+/// # Panics
+/// The kernel refuses (a CPU this process may not use).
+pub fn pin_this_thread(cpu: usize) -> libc::cpu_set_t {
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    let size = std::mem::size_of::<libc::cpu_set_t>();
+    // SAFETY: cpu_set_t is plain data; the calls read or fill `size` bytes.
+    unsafe {
+        assert_eq!(
+            libc::sched_getaffinity(0, size, &raw mut set),
+            0,
+            "getaffinity"
+        );
+        let mut one: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut one);
+        assert_eq!(
+            libc::sched_setaffinity(0, size, &raw const one),
+            0,
+            "pin to CPU {cpu}"
+        );
+    }
+    set
+}
+
+/// Lets the calling thread run on `set` again.
+pub fn pin_this_thread_to(set: &libc::cpu_set_t) {
+    // SAFETY: as in pin_this_thread.
+    unsafe {
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), set);
+    }
 }
 
 /// Whether a command is on PATH.

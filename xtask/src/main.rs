@@ -265,8 +265,11 @@ fn soak(obj: &Path, seconds: u64) -> Result<()> {
 }
 
 fn test(obj: &Path) -> Result<()> {
-    // The binary the integration tests start.
+    // The binary the integration tests start, and the optimized one that
+    // the tests measuring lb against the machine's capacity start.
     run(cargo_with(obj).args(["build", "-p", "lb-userspace", "--bins"])).context("building lb")?;
+    run(cargo_with(obj).args(["build", "--release", "-p", "lb-userspace", "--bin", "lb"]))
+        .context("building the release lb")?;
     let mut totals = (0, 0);
     let result = test_all(obj, &mut totals);
     println!(
@@ -301,6 +304,7 @@ fn test_all(obj: &Path, totals: &mut (u64, u64)) -> Result<()> {
     run_tests(
         cargo_with(obj)
             .env("LB_BIN", root().join("target/debug/lb"))
+            .env("LB_RELEASE_BIN", root().join("target/release/lb"))
             .args(["test", "-p", "lb-tests", "--", "--test-threads=1"]),
         totals,
     )

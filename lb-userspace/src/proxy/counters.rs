@@ -77,6 +77,10 @@ pub struct TlsCounters {
     pub gate_refused: AtomicU64,
     /// Accepts that waited for `maxSslRate`.
     pub rate_paused: AtomicU64,
+    /// Handshakes in the gate now (ClientHello read, Finished not yet).
+    pub in_flight: AtomicU64,
+    /// The most that were ever in the gate at once.
+    pub peak_in_flight: AtomicU64,
 }
 
 /// TLS handshakes summed, as the API shows them.
@@ -99,6 +103,10 @@ pub struct TlsTotals {
     pub gate_refused: u64,
     /// Accepts paused by `maxSslRate`.
     pub rate_paused: u64,
+    /// In a handshake gate now, summed.
+    pub in_flight: u64,
+    /// The most one gate (one CPU, one frontend) ever held at once.
+    pub peak_in_flight: u64,
 }
 
 impl TlsTotals {
@@ -113,6 +121,22 @@ impl TlsTotals {
         self.timeouts += r(&c.timeouts);
         self.gate_refused += r(&c.gate_refused);
         self.rate_paused += r(&c.rate_paused);
+        self.in_flight += r(&c.in_flight);
+        self.peak_in_flight = self.peak_in_flight.max(r(&c.peak_in_flight));
+    }
+
+    /// Adds totals of another set of workers.
+    pub fn merge(&mut self, o: &Self) {
+        self.full += o.full;
+        self.resumed_tls12 += o.resumed_tls12;
+        self.resumed_tls13 += o.resumed_tls13;
+        self.resumption_misses += o.resumption_misses;
+        self.failed += o.failed;
+        self.timeouts += o.timeouts;
+        self.gate_refused += o.gate_refused;
+        self.rate_paused += o.rate_paused;
+        self.in_flight += o.in_flight;
+        self.peak_in_flight = self.peak_in_flight.max(o.peak_in_flight);
     }
 }
 

@@ -84,6 +84,29 @@ pub async fn refuse(stream: TcpStream) {
     super::tcp::close(stream).await;
 }
 
+/// A gate slot, shown in the frontend's TLS counters while held.
+struct InGate<'a> {
+    _slot: GateSlot,
+    tc: &'a TlsCounters,
+}
+
+impl<'a> InGate<'a> {
+    fn new(slot: GateSlot, tc: &'a TlsCounters) -> Self {
+        use std::sync::atomic::Ordering::Relaxed;
+        let now = tc.in_flight.fetch_add(1, Relaxed) + 1;
+        tc.peak_in_flight.fetch_max(now, Relaxed);
+        Self { _slot: slot, tc }
+    }
+}
+
+impl Drop for InGate<'_> {
+    fn drop(&mut self) {
+        self.tc
+            .in_flight
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 /// What a finished handshake holds until its connection ends.
 #[derive(Debug)]
 pub struct Held(#[allow(dead_code, reason = "held for its Drop")] admit::ConnPermits);
@@ -128,7 +151,7 @@ pub async fn run(
     {
         None => None,
         Some((max, level)) => match ctx.handshakes.enter(max, tls.gate, deadline).await {
-            Some(slot) => Some(slot),
+            Some(slot) => Some(InGate::new(slot, tc)),
             None => {
                 bump(&tc.gate_refused);
                 ctx.refused(

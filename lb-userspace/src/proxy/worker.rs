@@ -182,6 +182,10 @@ async fn accept_loop(
             ctx.counters().active.fetch_sub(1, Relaxed);
             drop(guard);
         });
+        // One accept, then the connections already open get their turn: a
+        // backlog full of new connections (a storm) is taken one at a time
+        // between them, not in a burst that the open ones wait behind.
+        tokio::task::yield_now().await;
     }
 }
 
