@@ -155,11 +155,14 @@ where
     }
 }
 
-/// A TCP stream whose writes are `send(2)` calls. tokio writes with
-/// `write(2)`/`writev(2)`, which pass through the VFS layer first; on a
-/// proxy's small writes that layer cost about a microsecond a request
-/// (`bench/results/proxy.md`). Writes are not vectored: hyper flattens a
-/// head and a small body into one buffer, so a response is one `send`.
+/// A TCP stream whose writes are `send(2)` and `sendmsg(2)` calls. tokio
+/// writes with `write(2)`/`writev(2)`, which pass through the VFS layer
+/// first; on a proxy's small writes that layer cost about a microsecond a
+/// request (`bench/results/proxy.md`). Writes are vectored, so hyper
+/// queues a response's head and body chunks as they are and sends them in
+/// one `sendmsg`, instead of copying them into one buffer that grows by
+/// doubling (toward a client that reads slowly, that buffer reached about
+/// twice `maxBufferSize`).
 #[derive(Debug)]
 pub struct SendStream(pub tokio::net::TcpStream);
 
@@ -200,6 +203,44 @@ impl AsyncWrite for SendStream {
                 r => return Poll::Ready(r),
             }
         }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        use std::os::fd::AsRawFd as _;
+        /// The most slices one call takes (the kernel's UIO_MAXIOV).
+        const MAX_IOV: usize = 1024;
+        let stream = &self.0;
+        let bufs = &bufs[..bufs.len().min(MAX_IOV)];
+        loop {
+            std::task::ready!(stream.poll_write_ready(cx))?;
+            let sent = stream.try_io(tokio::io::Interest::WRITABLE, || {
+                // SAFETY: msghdr is plain data; zeroed is "no name, no
+                // control data".
+                let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+                // IoSlice is ABI-compatible with iovec on Unix (std's
+                // documented guarantee); sendmsg only reads the slices.
+                msg.msg_iov = bufs.as_ptr().cast_mut().cast();
+                msg.msg_iovlen = bufs.len();
+                // SAFETY: a valid connected socket and a valid msghdr whose
+                // slices live for the call.
+                let n = unsafe {
+                    libc::sendmsg(stream.as_raw_fd(), &raw const msg, libc::MSG_NOSIGNAL)
+                };
+                usize::try_from(n).map_err(|_| io::Error::last_os_error())
+            });
+            match sent {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                r => return Poll::Ready(r),
+            }
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
     }
 
     fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
