@@ -18,16 +18,11 @@ use crate::netns::Netns;
 /// Neither exists.
 #[must_use]
 pub fn lb_bin() -> PathBuf {
-    let p = std::env::var_os("LB_BIN").map_or_else(
-        || Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/lb"),
-        PathBuf::from,
-    );
-    assert!(
-        p.exists(),
-        "no lb binary at {}: run through `cargo xtask test`, or build lb first",
-        p.display()
-    );
-    p
+    binary(
+        "LB_BIN",
+        "debug",
+        "run through `cargo xtask test`, or build lb first",
+    )
 }
 
 /// The optimized `lb`: `LB_RELEASE_BIN` (set by `cargo xtask test`), else
@@ -39,15 +34,20 @@ pub fn lb_bin() -> PathBuf {
 /// Neither exists.
 #[must_use]
 pub fn release_bin() -> PathBuf {
-    let p = std::env::var_os("LB_RELEASE_BIN").map_or_else(
-        || Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release/lb"),
+    binary(
+        "LB_RELEASE_BIN",
+        "release",
+        "run through `cargo xtask test`, or `cargo build --release -p lb-userspace --bin lb`",
+    )
+}
+
+/// `$var`, else `target/<profile>/lb`; panics with `hint` if missing.
+fn binary(var: &str, profile: &str, hint: &str) -> PathBuf {
+    let p = std::env::var_os(var).map_or_else(
+        || Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../target/{profile}/lb")),
         PathBuf::from,
     );
-    assert!(
-        p.exists(),
-        "no release lb at {}: run through `cargo xtask test`, or `cargo build --release -p lb-userspace --bin lb`",
-        p.display()
-    );
+    assert!(p.exists(), "no lb binary at {}: {hint}", p.display());
     p
 }
 

@@ -51,6 +51,18 @@ backends = ["{}", "{}"]
     )
 }
 
+/// Backends `a` and `b` on [`BACKENDS`], in the lb namespace.
+fn backends(t: &Topology) -> Vec<HttpBackend> {
+    ["a", "b"]
+        .iter()
+        .zip(BACKENDS)
+        .map(|(name, addr)| {
+            HttpBackend::start(name, addr.parse().expect("addr"), Some(t.lbns.name()))
+                .expect("backend")
+        })
+        .collect()
+}
+
 /// What `ip -d link show` says of `iface`: whether an XDP program is on it.
 fn xdp_attached(ns: &Netns, iface: &str) -> bool {
     let out = ns
@@ -72,14 +84,7 @@ fn sigkill_under_load_leaves_no_xdp_program_traffic_passes_and_a_new_lb_repins_a
     }
     let tmp = ScratchDir::new("lb-faults-root");
     let t = Topology::new("lbf", &["198.18.0.2/24"], &["198.18.0.1/24"]).expect("namespaces");
-    let backends: Vec<HttpBackend> = ["a", "b"]
-        .iter()
-        .zip(BACKENDS)
-        .map(|(name, addr)| {
-            HttpBackend::start(name, addr.parse().expect("addr"), Some(t.lbns.name()))
-                .expect("backend")
-        })
-        .collect();
+    let backends = backends(&t);
     let instance = format!("fkill{}", t.tag);
     let pins = Path::new("/sys/fs/bpf/lb").join(&instance);
     let (cfg, text) = (tmp.join("lb.toml"), config(&instance, &t.iface));
@@ -259,14 +264,7 @@ fn a_syn_flood_leaves_real_clients_at_least_ninety_percent_of_their_calm_through
         &["198.18.0.1/24"],
     )
     .expect("namespaces");
-    let backends: Vec<HttpBackend> = ["a", "b"]
-        .iter()
-        .zip(BACKENDS)
-        .map(|(name, addr)| {
-            HttpBackend::start(name, addr.parse().expect("addr"), Some(t.lbns.name()))
-                .expect("backend")
-        })
-        .collect();
+    let backends = backends(&t);
     let instance = format!("fflood{}", t.tag);
     // Per source: far above what the real client needs (a new connection
     // per request), far below the one-source flood. The pool's profile
