@@ -930,6 +930,26 @@ fn a_broken_reload_under_load_is_refused_and_the_old_config_serves_every_request
 // ---------------------------------------------------------------------------
 // 7. Out of file descriptors.
 
+/// Lowers `pid`'s descriptor limit to `n`, as `prlimit --pid PID
+/// --nofile=N:N` does.
+fn limit_descriptors(pid: u32, n: u64) {
+    let limit = libc::rlimit {
+        rlim_cur: n,
+        rlim_max: n,
+    };
+    // SAFETY: a valid rlimit for our own child's pid; the old value is not
+    // asked for.
+    let rc = unsafe {
+        libc::prlimit(
+            i32::try_from(pid).expect("pid"),
+            libc::RLIMIT_NOFILE,
+            &raw const limit,
+            std::ptr::null_mut(),
+        )
+    };
+    assert_eq!(rc, 0, "prlimit: {}", std::io::Error::last_os_error());
+}
+
 /// Descriptors `pid` has open.
 fn open_fds(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, Iterator::count)
@@ -963,22 +983,7 @@ fn out_of_file_descriptors_lb_stays_up_logs_accept_failed_and_serves_once_they_f
     let pid = s.lb.pid();
     let url = format!("http://{}/", s.front);
     assert_eq!(curl(&url, &[]).expect("curl").status, 200);
-    // As `prlimit --pid PID --nofile=256:256` does.
-    let limit = libc::rlimit {
-        rlim_cur: NOFILE,
-        rlim_max: NOFILE,
-    };
-    // SAFETY: a valid rlimit for our own child's pid; the old value is not
-    // asked for.
-    let rc = unsafe {
-        libc::prlimit(
-            i32::try_from(pid).expect("pid"),
-            libc::RLIMIT_NOFILE,
-            &raw const limit,
-            std::ptr::null_mut(),
-        )
-    };
-    assert_eq!(rc, 0, "prlimit: {}", std::io::Error::last_os_error());
+    limit_descriptors(pid, NOFILE);
     let fds_before = open_fds(pid);
 
     let t0 = Instant::now();
@@ -1059,20 +1064,7 @@ fn out_of_file_descriptors_a_waiting_admin_client_costs_no_cpu() {
         &format!("[[pool]]\nname = \"p\"\nbackends = [\"{}\"]\n", b.addr),
     );
     let pid = s.lb.pid();
-    let limit = libc::rlimit {
-        rlim_cur: NOFILE,
-        rlim_max: NOFILE,
-    };
-    // SAFETY: as in the test above.
-    let rc = unsafe {
-        libc::prlimit(
-            i32::try_from(pid).expect("pid"),
-            libc::RLIMIT_NOFILE,
-            &raw const limit,
-            std::ptr::null_mut(),
-        )
-    };
-    assert_eq!(rc, 0, "prlimit: {}", std::io::Error::last_os_error());
+    limit_descriptors(pid, NOFILE);
     let idle: Vec<TcpStream> = (0..200)
         .map(|_| TcpStream::connect(s.front).expect("connect"))
         .collect();

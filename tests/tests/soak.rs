@@ -300,23 +300,35 @@ fn keep_alive(addr: SocketAddr, seen: &Seen, until: Instant) {
     }
 }
 
+/// One `GET /` without a cookie on a new connection to `web`, counted in
+/// `seen` (an error named by `who`); the response, if one came.
+fn one_request(addr: SocketAddr, seen: &Seen, who: &str) -> Option<Resp> {
+    let Ok(mut s) = connect(addr) else {
+        seen.error(format!("{who}: connect failed"));
+        return None;
+    };
+    seen.conn("web");
+    let req = "GET / HTTP/1.1\r\nhost: soak\r\nconnection: close\r\n\r\n";
+    let mut buf = Vec::new();
+    match s
+        .write_all(req.as_bytes())
+        .and_then(|()| read_response(&mut s, &mut buf))
+    {
+        Ok(r) => {
+            seen.response("web", r.status, r.limit.clone());
+            Some(r)
+        }
+        Err(e) => {
+            seen.error(format!("{who}: {e}"));
+            None
+        }
+    }
+}
+
 /// One request per new connection, no cookie: every one a new session.
 fn new_connections(addr: SocketAddr, seen: &Seen, until: Instant) {
     while Instant::now() < until {
-        let Ok(mut s) = connect(addr) else {
-            seen.error("new-conn: connect failed".into());
-            continue;
-        };
-        seen.conn("web");
-        let req = "GET / HTTP/1.1\r\nhost: soak\r\nconnection: close\r\n\r\n";
-        let mut buf = Vec::new();
-        match s
-            .write_all(req.as_bytes())
-            .and_then(|()| read_response(&mut s, &mut buf))
-        {
-            Ok(r) => seen.response("web", r.status, r.limit),
-            Err(e) => seen.error(format!("new-conn: {e}")),
-        }
+        let _ = one_request(addr, seen, "new-conn");
         std::thread::sleep(Duration::from_millis(5));
     }
 }
@@ -355,24 +367,8 @@ fn leavers(addr: SocketAddr, seen: &Seen, until: Instant) {
 /// under `maxSessRate`, up to `until`).
 fn session_cookie(addr: SocketAddr, seen: &Seen, until: Instant) -> Option<String> {
     while Instant::now() < until {
-        let Ok(mut s) = connect(addr) else {
-            seen.error("cookie: connect failed".into());
-            continue;
-        };
-        seen.conn("web");
-        let req = "GET / HTTP/1.1\r\nhost: soak\r\nconnection: close\r\n\r\n";
-        let mut buf = Vec::new();
-        match s
-            .write_all(req.as_bytes())
-            .and_then(|()| read_response(&mut s, &mut buf))
-        {
-            Ok(r) => {
-                seen.response("web", r.status, r.limit);
-                if r.cookie.is_some() {
-                    return r.cookie;
-                }
-            }
-            Err(e) => seen.error(format!("cookie: {e}")),
+        if let Some(cookie) = one_request(addr, seen, "cookie").and_then(|r| r.cookie) {
+            return Some(cookie);
         }
         std::thread::sleep(Duration::from_millis(50));
     }
