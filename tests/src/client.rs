@@ -3,21 +3,36 @@
 //! `/api/status` read through curl. Plus free loopback ports.
 
 use std::{
+    collections::HashSet,
     net::{IpAddr, SocketAddr, TcpListener},
     process::Command,
+    sync::{Mutex, PoisonError},
 };
 
 use anyhow::{bail, Context as _, Result};
 
 /// A free TCP port on `ip` (bound, then released: tests run one at a time).
 ///
+/// The kernel may hand the same ephemeral port to two binds in a row once
+/// the first is released, so a process never gets a port twice: two
+/// calls in one test always give two different addresses.
+///
 /// # Panics
 /// Nothing can be bound on `ip`.
 #[must_use]
 pub fn free_addr(ip: &str) -> SocketAddr {
+    static GIVEN: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
     let ip: IpAddr = ip.parse().expect("an IP address");
-    let l = TcpListener::bind((ip, 0)).expect("binding port 0");
-    l.local_addr().expect("local addr")
+    let mut given = GIVEN.lock().unwrap_or_else(PoisonError::into_inner);
+    let given = given.get_or_insert_with(HashSet::new);
+    for _ in 0..1000 {
+        let l = TcpListener::bind((ip, 0)).expect("binding port 0");
+        let addr = l.local_addr().expect("local addr");
+        if given.insert(addr.port()) {
+            return addr;
+        }
+    }
+    panic!("no port on {ip} this process has not been given already after 1000 binds");
 }
 
 /// An address where nothing listens (refused at once).
