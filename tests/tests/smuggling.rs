@@ -4,13 +4,13 @@
 //!
 //! Every ambiguous request (two different lengths, a bad length, a
 //! transfer coding that does not end in `chunked`, an obsolete folded
-//! header line, a space before a colon) is answered 400 and closed, and
-//! nothing of it, nor of a request hidden behind it, reaches the backend.
-//! With both `Content-Length` and `Transfer-Encoding`, the chunks frame the
-//! body, the length is dropped and the connection closed after the answer
-//! (RFC 9112 6.3), so nothing rides behind it. A body with an invalid chunk
-//! size is answered 400 and never becomes a whole request at the backend. `X-Forwarded-For` from the
-//! client is kept and the client's address appended, never trusted as is.
+//! header line, a space before a colon, both `Content-Length` and
+//! `Transfer-Encoding`) is answered 400 and closed, and nothing of it, nor
+//! of a request hidden behind it, reaches the backend, also when it comes
+//! after good requests on a kept-alive connection. A body with an invalid
+//! chunk size is answered 400 and never becomes a whole request at the
+//! backend. `X-Forwarded-For` from the client is kept and the client's
+//! address appended, never trusted as is.
 
 use std::{
     io::{Read as _, Write as _},
@@ -18,17 +18,26 @@ use std::{
     time::Duration,
 };
 
-use lb_tests::{backend::HttpBackend, client::free_addr, lb::Lb, unique_tag, ScratchDir};
+use lb_tests::{
+    backend::HttpBackend,
+    client::{free_addr, frontend_in, status},
+    lb::Lb,
+    unique_tag, ScratchDir,
+};
 
-fn start() -> (Lb, HttpBackend, SocketAddr, ScratchDir) {
+/// lb in front of one backend: lb, the backend, the frontend's and the
+/// admin API's addresses.
+fn start() -> (Lb, HttpBackend, SocketAddr, SocketAddr, ScratchDir) {
     let dir = ScratchDir::new("lb-smuggle");
     let b = HttpBackend::start("a", "127.0.0.1:0".parse().expect("addr"), None).expect("backend");
-    let listen = free_addr("127.0.0.1");
+    let (listen, admin) = (free_addr("127.0.0.1"), free_addr("127.0.0.1"));
     let config = format!(
         r#"[global]
 instance = "smug{tag}"
 [xdp]
 mode = "off"
+[admin]
+listen = "{admin}"
 [[frontend]]
 name = "web"
 listen = "{listen}"
@@ -41,7 +50,7 @@ backends = ["{backend}"]
         backend = b.addr
     );
     let lb = Lb::start(None, &dir.join("lb.toml"), &config).expect("lb starts");
-    (lb, b, listen, dir)
+    (lb, b, listen, admin, dir)
 }
 
 /// Writes `raw` on a new connection and reads until `lb` closes it (at
@@ -61,7 +70,7 @@ const SMUGGLED: &str = "GET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n";
 
 #[test]
 fn ambiguous_requests_get_400_and_never_reach_the_backend() {
-    let (mut lb, b, listen, _dir) = start();
+    let (mut lb, b, listen, _admin, _dir) = start();
     let cases: &[(&str, String)] = &[
         (
             "two different Content-Lengths",
@@ -94,6 +103,20 @@ fn ambiguous_requests_get_400_and_never_reach_the_backend() {
             ),
         ),
         (
+            "Content-Length beside Transfer-Encoding",
+            format!(
+                "POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 6\r\n\
+                 Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n{SMUGGLED}"
+            ),
+        ),
+        (
+            "Transfer-Encoding before Content-Length",
+            format!(
+                "POST /upload HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\
+                 Content-Length: 5\r\n\r\n0\r\n\r\n{SMUGGLED}"
+            ),
+        ),
+        (
             "an obsolete folded header line",
             format!("GET / HTTP/1.1\r\nHost: x\r\nX-A: a\r\n b\r\n\r\n{SMUGGLED}"),
         ),
@@ -120,29 +143,52 @@ fn ambiguous_requests_get_400_and_never_reach_the_backend() {
 }
 
 #[test]
-fn content_length_beside_transfer_encoding_is_ignored_and_the_connection_closed() {
-    // RFC 9112 6.3: Transfer-Encoding wins, Content-Length is dropped, and
-    // the connection closes after the answer, so nothing rides behind it.
-    let (mut lb, b, listen, _dir) = start();
+fn both_lengths_behind_good_requests_on_one_connection_get_400_and_close_it() {
+    // Good requests first, with a fixed and a chunked body whose bytes
+    // look like heads: the conflicting head is found where it really is.
+    let (mut lb, b, listen, admin, _dir) = start();
+    let decoy = "Content-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n";
     let raw = format!(
-        "POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 6\r\n\
-         Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n{SMUGGLED}"
+        "POST /one HTTP/1.1\r\nHost: x\r\nContent-Length: {len}\r\n\r\n{decoy}\
+         POST /two HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n\
+         {hex:x}\r\n{decoy}\r\n0\r\n\r\n\
+         POST /three HTTP/1.1\r\nHost: x\r\nContent-Length: 6\r\n\
+         Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n{SMUGGLED}",
+        len = decoy.len(),
+        hex = decoy.len(),
     );
     let got = exchange(listen, raw.as_bytes());
-    assert!(got.starts_with("HTTP/1.1 200"), "{got}");
-    assert!(got.contains("received 0"), "framed by its chunks: {got}");
-    assert_eq!(got.matches("HTTP/1.1 ").count(), 1, "one answer: {got}");
-    assert!(
-        got.to_ascii_lowercase().contains("connection: close"),
+    let answers: Vec<&str> = got
+        .match_indices("HTTP/1.1 ")
+        .map(|(i, _)| &got[i..(i + 12).min(got.len())])
+        .collect();
+    assert_eq!(
+        answers,
+        ["HTTP/1.1 200", "HTTP/1.1 200", "HTTP/1.1 400"],
         "{got}"
     );
-    assert_eq!(b.requests(), 1, "only the POST reached the backend");
+    assert!(
+        got.contains("both Content-Length and Transfer-Encoding"),
+        "the 400 says why: {got}"
+    );
+    assert!(
+        !got.contains("/smuggled") && !got.contains("/three"),
+        "{got}"
+    );
+    assert_eq!(
+        b.requests(),
+        2,
+        "only the two good POSTs reached the backend"
+    );
+    let web = frontend_in(&status(admin).expect("status"), "web");
+    assert_eq!(web["responses"]["4xx"], 1, "counted: {web}");
+    assert_eq!(web["responses"]["2xx"], 2, "counted: {web}");
     assert_eq!(lb.stop(libc::SIGTERM).expect("exit"), Some(0));
 }
 
 #[test]
 fn a_bad_chunk_size_never_becomes_a_request_at_the_backend() {
-    let (mut lb, b, listen, _dir) = start();
+    let (mut lb, b, listen, _admin, _dir) = start();
     for (what, body) in [
         ("not hex", "zz\r\nhello\r\n0\r\n\r\n"),
         ("too large", "fffffffffffffffffff\r\nhello\r\n0\r\n\r\n"),
@@ -181,7 +227,7 @@ fn a_bad_chunk_size_never_becomes_a_request_at_the_backend() {
 
 #[test]
 fn x_forwarded_for_from_a_client_is_appended_to_not_trusted() {
-    let (mut lb, _b, listen, _dir) = start();
+    let (mut lb, _b, listen, _admin, _dir) = start();
     let got = exchange(
         listen,
         b"GET / HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: 203.0.113.7\r\nConnection: close\r\n\r\n",

@@ -84,8 +84,15 @@ pub async fn serve(
         let state = Rc::clone(&state);
         let fwd = Rc::new(headers::Forwarding::new(peer.ip(), proto));
         service_fn(move |req| {
-            let guard = state.begin();
-            handle(req, peer, Rc::clone(&fwd), Rc::clone(&ctx), guard)
+            let (guard, conflicting) = state.begin();
+            handle(
+                req,
+                peer,
+                Rc::clone(&fwd),
+                Rc::clone(&ctx),
+                guard,
+                conflicting,
+            )
         })
     };
     let builder = ctx.http_builder();
@@ -284,6 +291,7 @@ async fn handle(
     fwd: Rc<headers::Forwarding>,
     ctx: Rc<FrontendCtx>,
     in_flight: InFlight,
+    conflicting: bool,
 ) -> Result<Response<RespBody>, Infallible> {
     // hyper calls us once the head is in: the latency runs from here to
     // the response head, which hyper writes as soon as we return it.
@@ -292,15 +300,24 @@ async fn handle(
     counters
         .requests
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let mut resp = proxy(req, peer, &fwd, &ctx).await;
+    let mut resp = if conflicting {
+        // Never forwarded: a backend might frame it by the length.
+        bad_request(
+            &ctx,
+            "the request head has both Content-Length and Transfer-Encoding; send one",
+        )
+    } else {
+        proxy(req, peer, &fwd, &ctx).await
+    };
     counters.latency.observe(received.elapsed());
     counters.response(resp.status().as_u16());
     resp.body_mut().in_flight = Some(in_flight);
     Ok(resp)
 }
 
-/// A 400 for a request whose body is malformed; the connection
-/// is closed after it, as what follows on it cannot be trusted.
+/// A 400 for a request whose framing is ambiguous or whose body is
+/// malformed; the connection is closed after it, as what follows on it
+/// cannot be trusted.
 fn bad_request(ctx: &FrontendCtx, why: &str) -> Response<RespBody> {
     tracing::debug!(frontend = %ctx.info().name, why, "bad request");
     let mut resp = error(StatusCode::BAD_REQUEST, why);

@@ -4,7 +4,7 @@
 //! background tasks on the worker's own thread.
 
 use std::{
-    cell::Cell,
+    cell::{Cell, RefCell},
     future::Future,
     io,
     pin::Pin,
@@ -13,6 +13,8 @@ use std::{
 };
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use super::framing::RequestFraming;
 
 /// What the watchdog of one client connection looks at. Single-threaded
 /// (the worker's), so plain cells.
@@ -35,6 +37,8 @@ pub struct ConnState {
     /// The last write to the client could not go out (its socket buffer is
     /// full: the client reads nothing).
     pub write_blocked: Cell<bool>,
+    /// Where its HTTP/1.1 requests begin and end (not followed on HTTP/2).
+    pub framing: RefCell<RequestFraming>,
 }
 
 impl ConnState {
@@ -51,13 +55,16 @@ impl ConnState {
     }
 
     /// A request head is complete: it is in flight until the guard drops
-    /// (when its response body ends or is abandoned).
+    /// (when its response body ends or is abandoned). Also says whether
+    /// its head carried both `Content-Length` and `Transfer-Encoding`.
     #[must_use]
-    pub fn begin(self: &Rc<Self>) -> InFlight {
+    pub fn begin(self: &Rc<Self>) -> (InFlight, bool) {
+        let index = self.started.get();
         self.in_flight.set(self.in_flight.get() + 1);
-        self.started.set(self.started.get() + 1);
+        self.started.set(index + 1);
         self.mark.set(self.bytes_in.get());
-        InFlight(Rc::clone(self))
+        let conflicting = !self.h2.get() && self.framing.borrow().conflicting(index);
+        (InFlight(Rc::clone(self)), conflicting)
     }
 }
 
@@ -98,8 +105,12 @@ impl<S: AsyncRead + Unpin> AsyncRead for Tracked<S> {
         let n = buf.filled().len() - before;
         if n > 0 {
             let s = &self.state;
-            if s.bytes_in.get() == 0 && buf.filled()[before..].starts_with(b"PRI * HTTP/2") {
+            let read = &buf.filled()[before..];
+            if s.bytes_in.get() == 0 && read.starts_with(b"PRI * HTTP/2") {
                 s.h2.set(true);
+            }
+            if !s.h2.get() {
+                s.framing.borrow_mut().feed(read);
             }
             s.bytes_in.set(s.bytes_in.get() + n as u64);
         }

@@ -16,11 +16,14 @@
 //! - [`upstream`]: backend connections, per worker;
 //! - [`h1`]: HTTP/1.1 to backends inside the request's task;
 //! - [`headers`]: forwarding headers;
+//! - [`framing`]: HTTP/1.1 request boundaries, for heads hyper would
+//!   frame one way and a backend another;
 //! - [`io`]: per-connection byte counting for the timeouts;
 //! - [`counters`]: per-worker counters.
 
 pub mod admit;
 pub mod counters;
+pub mod framing;
 pub mod h1;
 pub mod handshake;
 pub mod headers;
