@@ -22,6 +22,7 @@
 //! - [`run`]: `lb run`, tying the above together until a signal.
 
 pub mod admin;
+pub mod attach;
 pub mod cli;
 pub mod config;
 pub mod control;

@@ -49,6 +49,25 @@ enum Cmd {
         #[arg(long)]
         join: bool,
     },
+    /// As root: attach the config's XDP program with pinned links and maps
+    /// owned by `--owner`, and exit; the program stays attached. An `lb
+    /// run` as that user, with no privileges, then writes into it.
+    Attach {
+        /// The configuration file (its `[global] instance` and `[xdp]`).
+        #[arg(short, long)]
+        config: PathBuf,
+        /// Who may open the pins: a user name, UID or UID:GID (default
+        /// root only).
+        #[arg(long)]
+        owner: Option<String>,
+    },
+    /// As root: remove what `lb attach` pinned for the config's instance,
+    /// which detaches its program.
+    Detach {
+        /// The configuration file (its `[global] instance`).
+        #[arg(short, long)]
+        config: PathBuf,
+    },
     /// Validate a configuration file without attaching anything.
     Check {
         /// The configuration file.
@@ -210,6 +229,49 @@ fn main() -> ExitCode {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("lb: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Cmd::Attach { config, owner } => {
+            let c = match load(&config) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            let done = owner
+                .as_deref()
+                .map(lb::attach::Owner::parse)
+                .transpose()
+                .and_then(|o| lb::attach::attach(&c, o));
+            match done {
+                Ok(dir) => {
+                    println!(
+                        "attached to {} ({:?} mode); pins in {} owned by {}",
+                        c.xdp.ifaces().join(", "),
+                        c.xdp.mode,
+                        dir.display(),
+                        owner.as_deref().unwrap_or("root")
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("lb attach: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Cmd::Detach { config } => {
+            let c = match load(&config) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            match lb::attach::detach(&c) {
+                Ok(ifaces) => {
+                    println!("detached from {}; pins removed", ifaces.join(", "));
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("lb detach: {e:#}");
                     ExitCode::FAILURE
                 }
             }

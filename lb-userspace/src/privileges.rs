@@ -13,7 +13,8 @@
 //!
 //! Child processes started after the drop (none today; the pin janitor is
 //! started before) inherit nothing. A process started without privileges
-//! (XDP off) has nothing to drop.
+//! (XDP off, or over a program `lb attach` attached: [`crate::attach`]) has
+//! nothing to drop.
 
 use caps::{CapSet, Capability, CapsHashSet};
 

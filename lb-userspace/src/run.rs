@@ -2,8 +2,10 @@
 //! the admin listener, run until SIGINT or SIGTERM, then stop accepting,
 //! drain, detach and remove the pins.
 //!
-//! Without the privileges to load BPF, or with `[xdp] mode = "off"`, `lb`
-//! says so at start and keeps running with nothing attached.
+//! Without the privileges to load BPF, `lb` runs over a program `lb attach`
+//! attached for it if the instance has one (see [`crate::attach`]), and
+//! otherwise, as with `[xdp] mode = "off"`, says so at start and keeps
+//! running with nothing attached.
 
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -119,6 +121,22 @@ fn join_xdp(cfg: &Config) -> Result<Started> {
     })
 }
 
+/// No privileges, and a program `lb attach` attached: its maps, opened
+/// through their pins; nothing attached, pinned or removed by this process.
+fn open_preattached(cfg: &Config) -> Result<Started> {
+    let dir = instance::pin_dir(&cfg.global.instance);
+    let mut plane = DataPlane::open_pinned(&dir)?;
+    plane.write(&Plan::from_config(cfg, 1))?;
+    let ifaces = crate::attach::linked_ifaces(&dir);
+    info!(pins = %dir.display(), ?ifaces, "no privileges: writing into the program `lb attach` attached; it stays attached when this process stops (`lb detach` removes it)");
+    Ok(Started {
+        plane: Arc::new(Mutex::new(Some(plane))),
+        pin_dir: dir,
+        ifaces,
+        janitor: None,
+    })
+}
+
 /// A joined process, once the old one has exited: takes the instance lock,
 /// pins the maps again and attaches the program.
 async fn take_over(
@@ -186,6 +204,8 @@ pub fn run(cfg: &Config, join: bool) -> Result<()> {
     } else if cfg.xdp.mode == XdpMode::Off {
         warn!("[xdp] mode = \"off\": no XDP program attached; SYN limits are not enforced in the kernel");
         None
+    } else if !can_load_bpf() && crate::attach::preattached(&instance::pin_dir(name)) {
+        Some(open_preattached(cfg)?)
     } else if !can_load_bpf() {
         warn!(
             "no privileges to load BPF (need root, or CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN): running with \

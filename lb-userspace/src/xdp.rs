@@ -4,7 +4,10 @@
 //! testable without privileges); [`DataPlane`] loads the embedded object,
 //! writes a plan into its maps, pins them and attaches the program. Dropping
 //! a `DataPlane` detaches the program (its links are bpf_links owned by this
-//! process, so a killed `lb` detaches too: traffic passes).
+//! process, so a killed `lb` detaches too: traffic passes), unless its
+//! links were pinned ([`DataPlane::attach_pinned`], `lb attach`): then the
+//! program stays until the pins go, and an unprivileged `lb` opens the
+//! pinned maps ([`DataPlane::open_pinned`]) to write its plan into them.
 
 use std::{
     net::{IpAddr, SocketAddr},
@@ -12,8 +15,8 @@ use std::{
 };
 
 use aya::{
-    maps::{Array, HashMap, MapData},
-    programs::{Xdp, XdpMode as AyaMode},
+    maps::{Array, HashMap, Map, MapData},
+    programs::{links::FdLink, Xdp, XdpMode as AyaMode},
     Ebpf,
 };
 use lb_common::{
@@ -68,7 +71,39 @@ pub enum XdpError {
     /// Loading the program into the kernel (verifier) failed.
     #[error("loading program `{0}`: {1}")]
     Program(&'static str, aya::programs::ProgramError),
+    /// Opening a map pinned by another process failed.
+    #[error(
+        "opening pinned map `{name}` at {path}: {source} (made by `lb attach`; this user needs \
+         read and write access to it: `lb attach --owner`)"
+    )]
+    OpenPin {
+        /// The map.
+        name: &'static str,
+        /// The pin path.
+        path: PathBuf,
+        /// What the kernel said.
+        source: aya::maps::MapError,
+    },
+    /// Keeping an attachment past this process (pinning its link) failed.
+    #[error("keeping the XDP link on `{iface}` at {path}: {why}")]
+    KeepLink {
+        /// Interface.
+        iface: String,
+        /// The pin path.
+        path: PathBuf,
+        /// What went wrong.
+        why: String,
+    },
+    /// Maps opened from pins have no program to load or attach.
+    #[error(
+        "program `{0}`: this process opened maps pinned by `lb attach` and has no program to \
+         load or attach"
+    )]
+    NoProgram(&'static str),
 }
+
+/// The prefix of a pinned XDP link in a pin directory: `link_<iface>`.
+pub const LINK_PIN_PREFIX: &str = "link_";
 
 /// Map contents for one configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -206,8 +241,18 @@ impl Plan {
 
 /// A loaded data plane: the object, its maps, its attachments.
 pub struct DataPlane {
-    ebpf: Ebpf,
+    source: Source,
     attached: Vec<String>,
+}
+
+/// Where a data plane's maps come from.
+enum Source {
+    /// The embedded object, loaded by this process (its maps created, or
+    /// opened over pins for `--join`).
+    Object(Ebpf),
+    /// Maps opened from pins another process made (`lb attach`): no
+    /// program here.
+    Pinned(Vec<(&'static str, Map)>),
 }
 
 impl DataPlane {
@@ -218,7 +263,7 @@ impl DataPlane {
     /// The kernel refused the object (no privileges, no BPF).
     pub fn load() -> Result<Self, XdpError> {
         Ok(Self {
-            ebpf: Ebpf::load(OBJECT)?,
+            source: Source::Object(Ebpf::load(OBJECT)?),
             attached: Vec::new(),
         })
     }
@@ -235,9 +280,46 @@ impl DataPlane {
             loader.map_pin_path(name, dir.join(name));
         }
         Ok(Self {
-            ebpf: loader.load(OBJECT)?,
+            source: Source::Object(loader.load(OBJECT)?),
             attached: Vec::new(),
         })
+    }
+
+    /// Opens the maps pinned in `dir` by `lb attach`, loading nothing:
+    /// what an `lb` without privileges does over a program attached for
+    /// it. The kernel checks only the pins' file permissions.
+    ///
+    /// # Errors
+    /// A pin is missing or not readable and writable by this user.
+    pub fn open_pinned(dir: &Path) -> Result<Self, XdpError> {
+        let mut opened = Vec::with_capacity(maps::ALL.len());
+        for name in maps::ALL {
+            let path = dir.join(name);
+            let map = MapData::from_pin(&path)
+                .and_then(Map::from_map_data)
+                .map_err(|source| XdpError::OpenPin { name, path, source })?;
+            opened.push((name, map));
+        }
+        Ok(Self {
+            source: Source::Pinned(opened),
+            attached: Vec::new(),
+        })
+    }
+
+    fn map(&self, name: &'static str) -> Result<&Map, XdpError> {
+        match &self.source {
+            Source::Object(ebpf) => ebpf.map(name),
+            Source::Pinned(maps) => maps.iter().find(|(n, _)| *n == name).map(|(_, m)| m),
+        }
+        .ok_or(XdpError::Missing("map", name))
+    }
+
+    fn map_mut(&mut self, name: &'static str) -> Result<&mut Map, XdpError> {
+        match &mut self.source {
+            Source::Object(ebpf) => ebpf.map_mut(name),
+            Source::Pinned(maps) => maps.iter_mut().find(|(n, _)| *n == name).map(|(_, m)| m),
+        }
+        .ok_or(XdpError::Missing("map", name))
     }
 
     /// Writes a plan into the maps: config, buckets (only those whose
@@ -249,23 +331,15 @@ impl DataPlane {
     pub fn write(&mut self, plan: &Plan) -> Result<(), XdpError> {
         let map_err = |name| move |source| XdpError::Map { name, source };
         {
-            let mut config: Array<&mut MapData, XdpConfig> = Array::try_from(
-                self.ebpf
-                    .map_mut(maps::CONFIG)
-                    .ok_or(XdpError::Missing("map", maps::CONFIG))?,
-            )
-            .map_err(map_err(maps::CONFIG))?;
+            let mut config: Array<&mut MapData, XdpConfig> =
+                Array::try_from(self.map_mut(maps::CONFIG)?).map_err(map_err(maps::CONFIG))?;
             config
                 .set(0, plan.config, 0)
                 .map_err(map_err(maps::CONFIG))?;
         }
         {
-            let mut buckets: Array<&mut MapData, RateBucket> = Array::try_from(
-                self.ebpf
-                    .map_mut(maps::BUCKETS)
-                    .ok_or(XdpError::Missing("map", maps::BUCKETS))?,
-            )
-            .map_err(map_err(maps::BUCKETS))?;
+            let mut buckets: Array<&mut MapData, RateBucket> =
+                Array::try_from(self.map_mut(maps::BUCKETS)?).map_err(map_err(maps::BUCKETS))?;
             for (idx, b) in &plan.buckets {
                 // A live change rewrites only the buckets whose limits
                 // changed, and keeps what was spent: no level gets a fresh
@@ -282,12 +356,8 @@ impl DataPlane {
                 }
             }
         }
-        let mut vips: HashMap<&mut MapData, VipKey, VipValue> = HashMap::try_from(
-            self.ebpf
-                .map_mut(maps::VIPS)
-                .ok_or(XdpError::Missing("map", maps::VIPS))?,
-        )
-        .map_err(map_err(maps::VIPS))?;
+        let mut vips: HashMap<&mut MapData, VipKey, VipValue> =
+            HashMap::try_from(self.map_mut(maps::VIPS)?).map_err(map_err(maps::VIPS))?;
         for (k, v, _) in &plan.vips {
             vips.insert(k, v, 0).map_err(map_err(maps::VIPS))?;
         }
@@ -300,7 +370,7 @@ impl DataPlane {
     /// A pin failed (the directory is not on bpffs, or a pin exists).
     pub fn pin(&self, dir: &Path) -> Result<(), XdpError> {
         for name in maps::ALL {
-            let map = self.ebpf.map(name).ok_or(XdpError::Missing("map", name))?;
+            let map = self.map(name)?;
             let path = dir.join(name);
             map.pin(&path)
                 .map_err(|source| XdpError::Pin { name, path, source })?;
@@ -313,8 +383,10 @@ impl DataPlane {
     /// # Errors
     /// The object lacks it, or the verifier refused it.
     pub fn program(&mut self, name: &'static str) -> Result<&mut Xdp, XdpError> {
-        let prog: &mut Xdp = self
-            .ebpf
+        let Source::Object(ebpf) = &mut self.source else {
+            return Err(XdpError::NoProgram(name));
+        };
+        let prog: &mut Xdp = ebpf
             .program_mut(name)
             .ok_or(XdpError::Missing("program", name))?
             .try_into()
@@ -331,6 +403,39 @@ impl DataPlane {
     /// The interface does not exist, or does not support `mode`.
     pub fn attach(&mut self, iface: &str, mode: XdpMode) -> Result<(), XdpError> {
         self.attach_program(programs::XDP_LB, iface, mode)
+            .map(|_| ())
+    }
+
+    /// Attaches the SYN limiter to `iface` and pins its link in `dir` (as
+    /// `link_<iface>`): it stays attached after this process exits, until
+    /// the pin is removed (`lb detach`).
+    ///
+    /// # Errors
+    /// Attaching failed, or the kernel has no bpf_link for XDP (5.9+).
+    pub fn attach_pinned(
+        &mut self,
+        iface: &str,
+        mode: XdpMode,
+        dir: &Path,
+    ) -> Result<(), XdpError> {
+        let id = self.attach_program(programs::XDP_LB, iface, mode)?;
+        let path = dir.join(format!("{LINK_PIN_PREFIX}{iface}"));
+        let keep = |why: String| XdpError::KeepLink {
+            iface: iface.to_owned(),
+            path: path.clone(),
+            why,
+        };
+        let link = self
+            .program(programs::XDP_LB)?
+            .take_link(id)
+            .map_err(|e| keep(e.to_string()))?;
+        let fd = FdLink::try_from(link).map_err(|e| {
+            keep(format!(
+                "{e} (attached by netlink: a pinned link needs kernel 5.9+)"
+            ))
+        })?;
+        fd.pin(&path).map_err(|e| keep(e.to_string()))?;
+        Ok(())
     }
 
     /// Attaches the object's program `name` to `iface` (benchmarks attach
@@ -343,21 +448,22 @@ impl DataPlane {
         name: &'static str,
         iface: &str,
         mode: XdpMode,
-    ) -> Result<(), XdpError> {
+    ) -> Result<aya::programs::xdp::XdpLinkId, XdpError> {
         let (aya_mode, label) = match mode {
             XdpMode::Driver => (AyaMode::Driver, "driver mode"),
             XdpMode::Skb => (AyaMode::Skb, "skb mode"),
             XdpMode::Auto | XdpMode::Off => (AyaMode::default(), "auto mode"),
         };
         let prog = self.program(name)?;
-        prog.attach(iface, aya_mode)
+        let id = prog
+            .attach(iface, aya_mode)
             .map_err(|source| XdpError::Attach {
                 iface: iface.to_owned(),
                 mode: label,
                 source,
             })?;
         self.attached.push(iface.to_owned());
-        Ok(())
+        Ok(id)
     }
 
     /// Interfaces the program is attached to.

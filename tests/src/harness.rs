@@ -81,9 +81,9 @@ impl XdpHarness {
     /// # Errors
     /// The interface does not exist or lacks native XDP.
     pub fn attach(&mut self, program: &'static str, iface: &str) -> Result<()> {
-        Ok(self
-            .plane
-            .attach_program(program, iface, lb::config::XdpMode::Driver)?)
+        self.plane
+            .attach_program(program, iface, lb::config::XdpMode::Driver)?;
+        Ok(())
     }
 
     /// Runs the SYN limiter once on `pkt`; returns its verdict.

@@ -177,6 +177,20 @@ impl Drop for Lb {
     }
 }
 
+/// `lb` as `nobody` (uid and gid 65534, no groups, no capabilities, none
+/// inheritable, an empty bounding set), in `ns` if given: add the
+/// subcommand and its arguments. Its temp dir is `/tmp`, where `lb` makes
+/// that user's run directory.
+#[must_use]
+pub fn nobody_cmd(ns: Option<&Netns>) -> Command {
+    let mut cmd = ns.map_or_else(|| Command::new("setpriv"), |n| n.cmd("setpriv"));
+    cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .args(["--inh-caps=-all", "--bounding-set=-all"])
+        .arg(lb_bin())
+        .env("TMPDIR", "/tmp");
+    cmd
+}
+
 /// Runs `lb ARGS` to completion; returns (exit code, stdout, stderr).
 ///
 /// # Errors

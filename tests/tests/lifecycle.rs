@@ -216,16 +216,7 @@ fn mode_off_and_no_privileges_run_with_nothing_attached_and_say_so() {
         std::os::unix::fs::PermissionsExt::from_mode(0o755),
     )
     .expect("chmod");
-    let mut child = t
-        .lbns
-        .cmd("setpriv")
-        .args([
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            "--inh-caps=-all",
-        ])
-        .arg(lb_tests::lb::lb_bin())
+    let mut child = lb_tests::lb::nobody_cmd(Some(&t.lbns))
         .args(["run", "-c"])
         .arg(&cfg)
         .stderr(std::process::Stdio::piped())

@@ -4,7 +4,7 @@
 //! (lock, session key, admin token) go to a directory of that user's.
 
 use std::{
-    process::{Command, Stdio},
+    process::Stdio,
     time::{Duration, Instant},
 };
 
@@ -12,7 +12,7 @@ use lb_tests::{
     backend::HttpBackend,
     client::{curl, free_addr, status},
     have_root,
-    lb::lb_bin,
+    lb::nobody_cmd,
     unique_tag, ScratchDir,
 };
 
@@ -41,13 +41,9 @@ fn lb_serves_as_nobody_with_xdp_off() {
         std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o755))
             .expect("chmod");
     }
-    let mut child = Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
-        .args(["--inh-caps=-all", "--bounding-set=-all"])
-        .arg(lb_bin())
+    let mut child = nobody_cmd(None)
         .args(["run", "-c"])
         .arg(&config)
-        .env("TMPDIR", "/tmp")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
