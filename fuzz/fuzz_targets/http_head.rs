@@ -28,6 +28,25 @@
 //! - the head for an HTTP/2 backend has no connection-specific header and
 //!   no `Host`.
 //!
+//! The server side of the stream is `lb`'s own client-connection wrapper
+//! (`proxy::io::Tracked`): every byte read goes into a [`RequestFraming`]
+//! until the HTTP/2 preface is seen, however the reads split it, and the
+//! service asks `ConnState::begin` as `lb`'s does. Must hold when hyper
+//! hands over request `k` (from 0):
+//! - it is an HTTP/2 request exactly when the preface was seen (`lb` looks
+//!   at the framing only for the others);
+//! - the framing has counted more than `k` complete heads, or has stopped
+//!   following (both lengths, or input hyper refuses further on): it sees
+//!   every head before hyper hands the request over;
+//! - a request that comes with `Content-Length` and no `Transfer-Encoding`
+//!   (hyper removes the length from a head with both) is not taken for one
+//!   with both: `conflicting(k)` is false.
+//!
+//! The same bytes are also fed to a `RequestFraming` whole, in two pieces
+//! (cut where the first and last bytes say) and, under 512 bytes, a byte
+//! at a time. Must hold: each ends in the same state (heads counted, the
+//! conflicting one, following or not, the line and body in progress).
+//!
 //! Backend side: the same bytes as a response head into `lb`'s own parser
 //! ([`lb::proxy::h1::parse_head`]), for a GET and for a HEAD. Must hold: no
 //! panic; a complete head is consumed exactly (the rest of the buffer is
@@ -39,6 +58,7 @@
 use std::{
     convert::Infallible,
     net::IpAddr,
+    rc::Rc,
     sync::{Arc, OnceLock},
 };
 
@@ -50,7 +70,9 @@ use lb::{
     config::BackendProtocol,
     limits::session::{self, Sessions},
     proxy::{
+        framing::RequestFraming,
         h1::{self, Framing},
+        io::{ConnState, Tracked},
         headers::Forwarding,
         http::{cookies, prepare_request},
         upstream::ReqBody,
@@ -89,6 +111,7 @@ fn runtime() -> &'static tokio::runtime::Runtime {
 
 fuzz_target!(|data: &[u8]| {
     client_side(data);
+    framing_in_pieces(data);
     for head_only in [false, true] {
         backend_side(data, head_only);
     }
@@ -104,7 +127,15 @@ fn client_side(data: &[u8]) {
     let local = tokio::task::LocalSet::new();
     local.block_on(runtime(), async move {
         let (mut client, server) = tokio::io::duplex(64 * 1024);
-        let service = hyper::service::service_fn(move |req| {
+        // The server side counts and follows the client's bytes as lb's
+        // does, through the same wrapper.
+        let state = Rc::new(ConnState::default());
+        let server = Tracked::new(server, Rc::clone(&state));
+        let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+            // As lb's service: `begin` as hyper hands the request over.
+            let index = state.started.get();
+            let (_in_flight, conflicting) = state.begin();
+            check_framing(&req, index, &state, conflicting);
             let sessions = Arc::clone(&sessions);
             let fwd = Arc::clone(&fwd);
             async move {
@@ -127,6 +158,84 @@ fn client_side(data: &[u8]) {
             .await;
         let _ = peer.await;
     });
+}
+
+/// What the framing followed when hyper hands over request `index`.
+fn check_framing(req: &Request<Incoming>, index: u64, state: &ConnState, conflicting: bool) {
+    let (framing, h2) = (&*state.framing.borrow(), state.h2.get());
+    assert_eq!(
+        conflicting,
+        !h2 && framing.conflicting(index),
+        "begin() says what the framing does"
+    );
+    // lb's preface check and hyper's choice of protocol agree.
+    assert_eq!(
+        h2,
+        req.version() == Version::HTTP_2,
+        "preface seen: {h2}, but hyper hands over {:?}",
+        req.version()
+    );
+    if h2 {
+        return;
+    }
+    // The framing saw this head complete before hyper parsed it, unless it
+    // stopped following (both lengths, or input hyper refuses further on).
+    assert!(
+        !framing.following() || framing.heads() > index,
+        "request {index} handed over, but the framing counted {} heads: {framing:?}",
+        framing.heads()
+    );
+    // hyper removes `Content-Length` from a head that also had
+    // `Transfer-Encoding`: one it hands over with only a length is framed
+    // by it, and must not be refused as having both.
+    let headers = req.headers();
+    if headers.contains_key(header::CONTENT_LENGTH)
+        && !headers.contains_key(header::TRANSFER_ENCODING)
+    {
+        assert!(
+            !framing.conflicting(index),
+            "request {index} has only Content-Length, but is taken for one with both: {framing:?}"
+        );
+    }
+}
+
+/// `data` fed to a [`RequestFraming`] whole, in two pieces, and (when
+/// short) a byte at a time, ends in the same state.
+fn framing_in_pieces(data: &[u8]) {
+    let follow = |pieces: &mut dyn Iterator<Item = &[u8]>| {
+        let mut f = RequestFraming::default();
+        for piece in pieces {
+            f.feed(piece);
+        }
+        f
+    };
+    let whole = follow(&mut std::iter::once(data));
+    let conflict = (0..whole.heads()).find(|&i| whole.conflicting(i));
+    let same = |how: &str, f: &RequestFraming| {
+        assert_eq!(
+            (f.heads(), f.following()),
+            (whole.heads(), whole.following()),
+            "fed {how}: {f:?}\nfed whole: {whole:?}"
+        );
+        assert_eq!(
+            (0..f.heads()).find(|&i| f.conflicting(i)),
+            conflict,
+            "fed {how}: {f:?}\nfed whole: {whole:?}"
+        );
+        // The state within the current line and body too.
+        assert_eq!(format!("{f:?}"), format!("{whole:?}"), "fed {how}");
+    };
+    if let (Some(&first), Some(&last)) = (data.first(), data.last()) {
+        let cut = (usize::from(first) << 8 | usize::from(last)) % (data.len() + 1);
+        let (a, b) = data.split_at(cut);
+        same(
+            &format!("in two at {cut}"),
+            &follow(&mut [a, b].into_iter()),
+        );
+    }
+    if data.len() < 512 {
+        same("a byte at a time", &follow(&mut data.chunks(1)));
+    }
 }
 
 /// A copy of a request head (`Parts` is not `Clone`).

@@ -34,6 +34,8 @@ pub struct ConnState {
     pub started: Cell<u64>,
     /// The client opened with the HTTP/2 preface.
     pub h2: Cell<bool>,
+    /// The client's first bytes are not the HTTP/2 preface.
+    pub not_h2: Cell<bool>,
     /// The last write to the client could not go out (its socket buffer is
     /// full: the client reads nothing).
     pub write_blocked: Cell<bool>,
@@ -80,6 +82,19 @@ impl Drop for InFlight {
     }
 }
 
+/// How an HTTP/2 connection starts (RFC 9113 3.4), as far as hyper looks
+/// to tell it from HTTP/1.1.
+const PREFACE: &[u8] = b"PRI * HTTP/2";
+
+/// A connection whose first `seen` bytes began [`PREFACE`], with `read`
+/// next: `Some(true)` once the preface is whole (however the reads split
+/// it), `Some(false)` while it may still be, `None` when it is not.
+fn opens_h2(seen: u64, read: &[u8]) -> Option<bool> {
+    let rest = PREFACE.get(usize::try_from(seen).ok()?..)?;
+    let n = rest.len().min(read.len());
+    (rest[..n] == read[..n]).then_some(n == rest.len())
+}
+
 /// A stream that counts its bytes into a [`ConnState`].
 #[derive(Debug)]
 pub struct Tracked<S> {
@@ -106,8 +121,11 @@ impl<S: AsyncRead + Unpin> AsyncRead for Tracked<S> {
         if n > 0 {
             let s = &self.state;
             let read = &buf.filled()[before..];
-            if s.bytes_in.get() == 0 && read.starts_with(b"PRI * HTTP/2") {
-                s.h2.set(true);
+            if s.bytes_in.get() < PREFACE.len() as u64 && !s.not_h2.get() {
+                match opens_h2(s.bytes_in.get(), read) {
+                    Some(whole) => s.h2.set(whole),
+                    None => s.not_h2.set(true),
+                }
             }
             if !s.h2.get() {
                 s.framing.borrow_mut().feed(read);
@@ -362,5 +380,26 @@ pub fn send_raw(fd: std::os::fd::RawFd, bytes: &[u8]) {
             bytes.len(),
             libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_http2_preface_is_found_however_reads_split_it() {
+        for split in 0..=PREFACE.len() {
+            let (a, b) = b"PRI * HTTP/2.0\r\n".split_at(split);
+            let whole = match opens_h2(0, a) {
+                Some(false) => opens_h2(a.len() as u64, b),
+                first => first,
+            };
+            assert_eq!(whole, Some(true), "split at {split}");
+        }
+        assert_eq!(opens_h2(0, b"PRI"), Some(false));
+        assert_eq!(opens_h2(0, b"POST / HTTP/1.1\r\n"), None);
+        assert_eq!(opens_h2(3, b" * HTTP/2.0"), Some(true));
+        assert_eq!(opens_h2(3, b" / HTTP/1.1"), None);
     }
 }
