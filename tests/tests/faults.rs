@@ -744,6 +744,88 @@ fn slow_clients_hold_at_most_their_buffers_get_408_and_do_not_slow_other_clients
     );
 }
 
+/// A TLS client of `target` that asks for 64 MiB and reads none of it;
+/// the handshake is done and the request written when it returns.
+fn tls_slow_reader(
+    target: SocketAddr,
+    config: &std::sync::Arc<rustls::ClientConfig>,
+) -> rustls::StreamOwned<rustls::ClientConnection, TcpStream> {
+    let name = rustls::pki_types::ServerName::try_from("lb").expect("a name");
+    let conn = rustls::ClientConnection::new(std::sync::Arc::clone(config), name).expect("client");
+    let mut s = rustls::StreamOwned::new(conn, TcpStream::connect(target).expect("connect"));
+    s.write_all(b"GET /bytes?n=67108864 HTTP/1.1\r\nHost: lb\r\n\r\n")
+        .expect("handshake and request");
+    s.flush().expect("flush");
+    s
+}
+
+/// What a TLS connection may hold beyond a plain one: rustls's buffer of
+/// records not yet sent, which `lb` caps at one record (16 KiB; rustls's
+/// default, 64 KiB, made a TLS slow reader hold 192 KiB at `maxBufferSize`
+/// 64KB), and rustls's connection state and read buffer (about 4 KiB more
+/// than a plain connection, idle), rounded up to 32 KiB.
+const TLS_EXTRA: u64 = 32 * 1024;
+
+#[test]
+fn a_slow_reader_over_tls_holds_at_most_its_buffers_and_one_tls_record() {
+    const READERS: usize = 100;
+    let _serial = serial();
+    let b = backend("a");
+    let dir = ScratchDir::new("lb-faults-tls");
+    let (cert, key) = lb_tests::lb::cert_gen(&dir, "lb");
+    let s = start(
+        &format!(
+            "tls = {{ cert = \"{}\", key = \"{}\" }}\ntimeouts = {{ clientIdle = \"60s\" }}",
+            cert.display(),
+            key.display()
+        ),
+        &format!(
+            "[[pool]]\nname = \"p\"\nprofile = \"small\"\nbackends = [\"{}\"]\n\
+             [profile.small]\nmaxBufferSize = \"{}KB\"\n",
+            b.addr,
+            MAX_BUFFER / 1024
+        ),
+    );
+    let config = std::sync::Arc::new(
+        rustls::ClientConfig::builder()
+            .dangerous()
+            .with_custom_certificate_verifier(lb_tests::tls::any_cert(false))
+            .with_no_client_auth(),
+    );
+    let pid = s.lb.pid();
+    // A first few, gone again: what the first TLS connections allocate
+    // once is not counted per reader.
+    drop(
+        (0..5)
+            .map(|_| tls_slow_reader(s.front, &config))
+            .collect::<Vec<_>>(),
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let rss0 = rss(pid);
+    let readers: Vec<_> = (0..READERS)
+        .map(|_| tls_slow_reader(s.front, &config))
+        .collect();
+    std::thread::sleep(Duration::from_millis(1500));
+    let rss1 = rss(pid);
+    let active = count(&web(s.admin)["active"]);
+    let per_reader = rss1.saturating_sub(rss0) / READERS as u64;
+    let bound = MAX_BUFFER + TLS_EXTRA + ALLOWANCE;
+    eprintln!(
+        "FIGURES tls-slow-readers: RSS {} KiB → {} KiB with {READERS} TLS slow readers; \
+         per reader {} KiB (bound {} KiB); {active} connections open",
+        rss0 / 1024,
+        rss1 / 1024,
+        per_reader / 1024,
+        bound / 1024
+    );
+    assert!(active >= READERS as u64, "all connected at once: {active}");
+    assert!(
+        per_reader <= bound,
+        "a TLS slow reader holds {per_reader} B of lb's memory (bound {bound})"
+    );
+    drop(readers);
+}
+
 /// Writes a request head that never completes; how long until `lb`
 /// answered (and what), at most 10 s.
 fn partial_head(target: SocketAddr) -> (Duration, String) {

@@ -185,9 +185,18 @@ pub async fn run(
         }
         Ok(Ok(s)) => s,
     };
+    let mut stream = stream;
+    // rustls keeps records not yet sent (to a client that reads slowly)
+    // besides what hyper queues, up to `maxBufferSize`: one record, not
+    // rustls's default 64 KiB.
+    stream.get_mut().1.set_buffer_limit(Some(TLS_SEND_BUFFER));
     count(ctx, tc, stream.get_ref().1, offered);
     Some((ClientStream::Tls(Box::new(stream)), Held(permits)))
 }
+
+/// The most rustls holds of encrypted records a client has not taken yet:
+/// one full record.
+const TLS_SEND_BUFFER: usize = 16 * 1024;
 
 /// Counts a finished handshake, and a full one after an `offered`
 /// session as a resumption miss; a full one is charged to `maxSslRate`.
