@@ -13,6 +13,7 @@ pub mod netns;
 pub mod packet;
 pub mod peers;
 pub mod report;
+pub mod results;
 pub mod storm;
 pub mod tls;
 
