@@ -9,9 +9,11 @@
 //! two parsers could frame two ways is how smuggling starts, and an
 //! operator who sees it wants it refused and counted, not repaired.
 //!
-//! [`RequestFraming`] reads byte by byte through heads and chunk-size
-//! lines and skips body bytes by count: a few words of state per
-//! connection, nothing kept of a head. It frames as hyper does (httparse's
+//! [`RequestFraming`] reads the two header names that matter and their
+//! values byte by byte, skips any other line to its end (`memchr`), reads
+//! chunk-size lines byte by byte and skips body bytes by count: a few
+//! words of state per connection, nothing kept of a head, a few
+//! nanoseconds per request. It frames as hyper does (httparse's
 //! head lines, ended by CRLF or LF; hyper's chunked decoder, CRLF only;
 //! `Transfer-Encoding` over `Content-Length`), so it stays in step with
 //! hyper on everything hyper accepts. On input hyper refuses (which ends
@@ -144,6 +146,14 @@ impl RequestFraming {
         while i < bytes.len() {
             match self.state {
                 State::Off => return,
+                // Lines whose content does not matter: on to their end.
+                State::RequestLine | State::Rest => match memchr::memchr(b'\n', &bytes[i..]) {
+                    Some(at) => {
+                        i += at + 1;
+                        self.state = State::LineStart;
+                    }
+                    None => return,
+                },
                 State::Fixed(left) | State::ChunkData(left) => {
                     let n = left.min((bytes.len() - i) as u64);
                     // n <= bytes.len() - i, so it fits a usize.
@@ -174,10 +184,12 @@ impl RequestFraming {
                 self.head.started = true;
                 State::RequestLine
             }
-            (State::LineStart, _) => {
+            // Only two names matter; any other line is skipped whole.
+            (State::LineStart, b'c' | b'C' | b't' | b'T') => {
                 self.name_len = 0;
                 self.name_byte(b)
             }
+            (State::LineStart, _) => State::Rest,
             (State::RequestLine | State::Rest, b'\n') => State::LineStart,
             (State::RequestLine | State::Rest, _) => self.state,
             (State::Name, b':') => self.field(),
@@ -405,7 +417,7 @@ mod tests {
             b"POST /x HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
             b"POST /x HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n1\nx\r\n",
             b"POST /x HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nfffffffffffffffff\r\n",
-            b"GET /x HTTP/1.1\r\nno colon here\r\n\r\n",
+            b"GET /x HTTP/1.1\r\ncontent-length\r\n\r\n",
         ] {
             let mut raw = raw.to_vec();
             raw.extend_from_slice(BOTH);

@@ -65,6 +65,44 @@ pub fn builder(buffer: Option<u64>) -> auto::Builder<LocalExec> {
     b
 }
 
+/// A frontend's connection builders for the limits in force: one that
+/// tells HTTP/2 (prior knowledge) from HTTP/1.1 by the first bytes, for
+/// plain connections, and one for each protocol, for TLS connections,
+/// whose ALPN already said. Telling costs an idle connection 8 KiB more:
+/// the bytes read to tell are handed back and hyper's read buffer then
+/// doubles (16 KiB, not 8).
+pub struct Builders {
+    /// HTTP/1.1 or HTTP/2, told by the first bytes.
+    pub any: auto::Builder<LocalExec>,
+    /// HTTP/1.1 only.
+    pub h1: auto::Builder<LocalExec>,
+    /// HTTP/2 only.
+    pub h2: auto::Builder<LocalExec>,
+}
+
+impl Builders {
+    /// The builders for a `maxBufferSize` of `buffer` (see [`builder`]).
+    #[must_use]
+    pub fn new(buffer: Option<u64>) -> Self {
+        Self {
+            any: builder(buffer),
+            h1: builder(buffer).http1_only(),
+            h2: builder(buffer).http2_only(),
+        }
+    }
+
+    /// The builder for `stream`: by its ALPN over TLS (`h2`, else
+    /// HTTP/1.1), by its first bytes in plain.
+    #[must_use]
+    pub fn for_stream(&self, stream: &ClientStream) -> &auto::Builder<LocalExec> {
+        match stream.alpn_h2() {
+            None => &self.any,
+            Some(true) => &self.h2,
+            Some(false) => &self.h1,
+        }
+    }
+}
+
 /// Serves one client connection until it closes, times out, or (after
 /// `stop`) drains.
 pub async fn serve(
@@ -78,6 +116,8 @@ pub async fn serve(
     // a 408 is written straight to it (plain connections only).
     let fd = stream.plain_fd();
     let proto = if stream.is_tls() { "https" } else { "http" };
+    let builders = ctx.http_builder();
+    let builder = builders.for_stream(&stream);
     let io = TokioIo::new(Tracked::new(stream, Rc::clone(&state)));
     let service = {
         let ctx = Rc::clone(&ctx);
@@ -85,17 +125,18 @@ pub async fn serve(
         let fwd = Rc::new(headers::Forwarding::new(peer.ip(), proto));
         service_fn(move |req| {
             let (guard, conflicting) = state.begin();
-            handle(
+            // Boxed: hyper keeps a slot of the handler future's size in
+            // every connection, idle or not; a box is one pointer.
+            Box::pin(handle(
                 req,
                 peer,
                 Rc::clone(&fwd),
                 Rc::clone(&ctx),
                 guard,
                 conflicting,
-            )
+            ))
         })
     };
-    let builder = ctx.http_builder();
     let conn = builder.serve_connection(io, service);
     tokio::pin!(conn);
     let t = &ctx.timeouts;
@@ -183,8 +224,10 @@ pub async fn refuse_connection(stream: TcpStream, ctx: &Rc<FrontendCtx>, r: Refu
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
         async move { Ok::<_, Infallible>(resp) }
     });
-    let builder = ctx.http_builder();
-    let conn = builder.serve_connection(TokioIo::new(SendStream(stream)), service);
+    let builders = ctx.http_builder();
+    let conn = builders
+        .any
+        .serve_connection(TokioIo::new(SendStream(stream)), service);
     let _ = tokio::time::timeout(ctx.timeouts.header_read.0, conn).await;
 }
 

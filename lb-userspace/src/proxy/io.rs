@@ -303,6 +303,15 @@ impl ClientStream {
         }
     }
 
+    /// Over TLS, whether ALPN chose HTTP/2; `None` in plain.
+    #[must_use]
+    pub fn alpn_h2(&self) -> Option<bool> {
+        match self {
+            Self::Plain(_) => None,
+            Self::Tls(s) => Some(s.get_ref().1.alpn_protocol() == Some(b"h2")),
+        }
+    }
+
     /// Whether TLS was terminated.
     #[must_use]
     pub const fn is_tls(&self) -> bool {

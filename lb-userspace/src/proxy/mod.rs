@@ -100,10 +100,7 @@ pub struct FrontendCtx {
     /// Client-side timeouts.
     pub timeouts: FrontendTimeouts,
     /// HTTP connection settings, and the limits generation they follow.
-    pub http: RefCell<(
-        u64,
-        Rc<hyper_util::server::conn::auto::Builder<io::LocalExec>>,
-    )>,
+    pub http: RefCell<(u64, Rc<http::Builders>)>,
     /// This worker's refusal log lines.
     pub refusals: counters::RefusalLog,
     /// This worker's TLS handshakes in flight for the frontend.
@@ -126,14 +123,14 @@ impl FrontendCtx {
     /// The HTTP connection builder for the limits in force (rebuilt when
     /// they changed, so a new `maxBufferSize` applies to new connections).
     #[must_use]
-    pub fn http_builder(&self) -> Rc<hyper_util::server::conn::auto::Builder<io::LocalExec>> {
+    pub fn http_builder(&self) -> Rc<http::Builders> {
         let live = &self.shared.live;
         let mut b = self.http.borrow_mut();
         if b.0 != live.generation() {
             let buffer = live.tightest(self.index, Axis::MaxBufferSize);
             *b = (
                 live.generation(),
-                Rc::new(http::builder(buffer.map(|(v, _)| v))),
+                Rc::new(http::Builders::new(buffer.map(|(v, _)| v))),
             );
         }
         Rc::clone(&b.1)

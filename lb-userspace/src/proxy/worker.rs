@@ -95,7 +95,7 @@ async fn serve(plan: Plan, shared: Arc<Shared>, stop: watch::Receiver<bool>, dra
             pool,
             upstreams: Rc::clone(&upstreams),
             timeouts: fe.timeouts,
-            http: RefCell::new((u64::MAX, Rc::new(http::builder(None)))),
+            http: RefCell::new((u64::MAX, Rc::new(http::Builders::new(None)))),
             refusals: super::counters::RefusalLog::default(),
             handshakes: Rc::default(),
         });
