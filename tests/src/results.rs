@@ -92,7 +92,8 @@ impl Comparison {
     /// `row`'s median over the baseline's (NaN without one).
     #[must_use]
     pub fn ratio(&self, row: &Row) -> f64 {
-        self.baseline_row().map_or(f64::NAN, |b| row.median / b.median)
+        self.baseline_row()
+            .map_or(f64::NAN, |b| row.median / b.median)
     }
 }
 
@@ -132,5 +133,6 @@ pub fn write(md: &Path, results: &Results) -> Result<()> {
 pub fn read(path: &Path) -> Result<Results> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    serde_json::from_str(&text).with_context(|| format!("{}: not benchmark results", path.display()))
+    serde_json::from_str(&text)
+        .with_context(|| format!("{}: not benchmark results", path.display()))
 }

@@ -17,7 +17,16 @@
 //!   `bench/results/proxy.md`.
 //! - `bench tls`: full and resumed TLS 1.3 handshakes/s and CPU per
 //!   handshake for lb, HAProxy and nginx, written to `bench/results/tls.md`.
-//! - `bench all`: all three, xdp, then proxy, then tls.
+//! - `bench flood`: legitimate HTTPS requests/s kept during a SYN flood,
+//!   lb against HAProxy behind nftables (`bench/results/flood.md`).
+//! - `bench memory`: memory per idle TLS connection, lb against HAProxy
+//!   and nginx (`bench/results/memory.md`).
+//! - `bench limits`: admitted over configured rate for each rate axis
+//!   (`bench/results/limits.md`).
+//! - `bench all`: every one, in that order. Each benchmark also writes
+//!   `NAME.json`; after any of them `lb-bench-report` writes
+//!   `bench/results/REPORT.md` and `charts/*.png` from all there are.
+//!   `--quick` writes to `target/bench/` instead (CI).
 //! - `fuzz [--seconds N] [TARGET]`: the cargo-fuzz targets in `fuzz/`,
 //!   built with nightly, each run for N seconds on a copy of its committed
 //!   corpus; fails naming the target and the crash file (docs/fuzzing.md).
@@ -58,7 +67,9 @@ enum Cmd {
     Demo,
     /// Benchmarks; results go to bench/results/.
     Bench {
-        /// Which: `xdp`, `proxy`, `tls` or `all` (xdp, then proxy, then tls).
+        /// Which: `xdp`, `proxy`, `tls`, `flood`, `memory`, `limits`, or
+        /// `all` (each in that order); then the combined report,
+        /// `REPORT.md` with its charts.
         #[arg(default_value = "xdp")]
         which: String,
         /// Shorter runs (numbers only prove the harness works).
@@ -329,7 +340,28 @@ fn run_tool(obj: &Path, bin: &str, args: &[&str]) -> Result<()> {
     .with_context(|| format!("running {bin}"))
 }
 
-/// Runs benchmark `name` (`xdp`, `proxy` or `tls`): `lb-bench-NAME --out PATH`.
+/// The benchmarks, in the order `bench all` runs them (each is the tool
+/// `lb-bench-NAME`).
+const BENCHES: [&str; 6] = ["xdp", "proxy", "tls", "flood", "memory", "limits"];
+
+/// Writes the combined report (`REPORT.md` and `charts/`) from every
+/// benchmark's results there are: `bench/results`, or `target/bench` for
+/// a quick run.
+fn bench_report(obj: &Path, quick: bool) -> Result<()> {
+    let dir = if quick {
+        root().join("target/bench")
+    } else {
+        root().join("bench/results")
+    };
+    let dir = dir.to_string_lossy().into_owned();
+    let mut args = vec!["--dir", dir.as_str()];
+    if quick {
+        args.push("--quick");
+    }
+    run_tool(obj, "lb-bench-report", &args)
+}
+
+/// Runs benchmark `name` (one of [`BENCHES`]): `lb-bench-NAME --out PATH`.
 fn bench_one(obj: &Path, name: &str, quick: bool) -> Result<()> {
     // A quick run proves the harness works; its numbers do not replace the
     // committed report.
@@ -499,18 +531,19 @@ fn main() -> Result<()> {
         Cmd::Test => test(&build_ebpf()?),
         Cmd::Demo => run_tool(&build_ebpf()?, "lb-demo", &[]),
         Cmd::Bench { which, quick } => {
-            let benches: &[&str] = match which.as_str() {
-                "xdp" => &["xdp"],
-                "proxy" => &["proxy"],
-                "tls" => &["tls"],
-                "all" => &["xdp", "proxy", "tls"],
-                other => bail!("unknown benchmark `{other}`; allowed: xdp, proxy, tls, all"),
+            let benches: Vec<&str> = match which.as_str() {
+                "all" => BENCHES.to_vec(),
+                one if BENCHES.contains(&one) => vec![one],
+                other => bail!(
+                    "unknown benchmark `{other}`; allowed: {}, all",
+                    BENCHES.join(", ")
+                ),
             };
             let obj = build_ebpf()?;
-            for &bench in benches {
+            for &bench in &benches {
                 bench_one(&obj, bench, quick)?;
             }
-            Ok(())
+            bench_report(&obj, quick)
         }
         Cmd::Fuzz { seconds, target } => fuzz(&build_ebpf()?, seconds, target.as_deref()),
         Cmd::Soak { seconds } => soak(&build_ebpf()?, seconds),

@@ -40,6 +40,11 @@ const APT: &[(&str, &str)] = &[
     ("haproxy", "/usr/sbin/haproxy"),
     // The shared TLS session cache of the cluster tests (started by them).
     ("redis-server", "/usr/bin/redis-server"),
+    // The font of the benchmark report's charts.
+    (
+        "fonts-dejavu-core",
+        "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
+    ),
     // The status page test loads the admin page in headless Chromium.
     ("chromium", "/usr/bin/chromium"),
 ];

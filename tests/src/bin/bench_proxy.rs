@@ -30,6 +30,7 @@ use lb_tests::peers::{
 use lb_tests::{
     harness::pin_to_cpu,
     report::{clk_tck, cpu_and_kernel, first_line, summarize, Summary},
+    results::{self, Comparison, Results, Row},
 };
 
 /// Where the proxies run (one worker each).
@@ -963,6 +964,23 @@ fn machine() -> String {
     )
 }
 
+/// A chart row, none for a figure not measured (shown `–` in the tables).
+fn row(name: &str, s: Summary) -> Option<Row> {
+    (!s.median.is_nan()).then(|| Row::new(name, s))
+}
+
+/// The `- what: version` lines of the machine description, without the CPU
+/// and the kernel (the combined report describes the machine itself) and
+/// the date.
+fn versions(machine: &str) -> Vec<(String, String)> {
+    machine
+        .lines()
+        .filter_map(|l| l.strip_prefix("- ")?.split_once(": "))
+        .filter(|(what, _)| !matches!(*what, "CPU" | "kernel" | "date"))
+        .map(|(what, v)| (what.to_owned(), v.to_owned()))
+        .collect()
+}
+
 struct Report<'a> {
     quick: bool,
     plan: &'a Plan,
@@ -973,6 +991,8 @@ struct Report<'a> {
     elapsed: Duration,
     /// CPU 0 and CPU 1 busy % before the run (see `background_load`).
     background: [f64; 2],
+    /// The machine description (see `machine`).
+    machine: &'a str,
 }
 
 impl Report<'_> {
@@ -1001,7 +1021,7 @@ impl Report<'_> {
                  works.**\n"
             );
         }
-        let _ = writeln!(md, "## Machine\n\n{}", machine());
+        let _ = writeln!(md, "## Machine\n\n{}", self.machine);
         let [b0, b1] = self.background;
         let _ = writeln!(
             md,
@@ -1035,8 +1055,8 @@ impl Report<'_> {
             "```\n\nSaturation ({} s warm-up per target first, not recorded), per run:\n\n```",
             p.warmup_secs
         );
-        for t in Target::ALL {
-            let _ = writeln!(md, "{}", shell_line(&wrk_argv(t, p.wrk_secs)));
+        for line in self.wrk_lines() {
+            let _ = writeln!(md, "{line}");
         }
         let _ = writeln!(
             md,
@@ -1050,16 +1070,34 @@ impl Report<'_> {
             LATENCY_WARMUP.as_secs_f64(),
             p.latency_secs
         );
-        for t in Target::PEERS {
-            let _ = writeln!(
-                md,
-                "taskset -c {LOAD_CPU} target/release/lb-bench-proxy --load {} --rate {:.0} --secs {}",
-                t.port(),
-                self.rate,
-                p.latency_secs
-            );
+        for line in self.rate_lines() {
+            let _ = writeln!(md, "{line}");
         }
         let _ = writeln!(md, "```\n");
+    }
+
+    /// The saturation runs' command lines.
+    fn wrk_lines(&self) -> Vec<String> {
+        Target::ALL
+            .iter()
+            .map(|&t| shell_line(&wrk_argv(t, self.plan.wrk_secs)))
+            .collect()
+    }
+
+    /// The fixed-rate runs' command lines.
+    fn rate_lines(&self) -> Vec<String> {
+        Target::PEERS
+            .iter()
+            .map(|&t| {
+                format!(
+                    "taskset -c {LOAD_CPU} target/release/lb-bench-proxy --load {} --rate {:.0} \
+                     --secs {}",
+                    t.port(),
+                    self.rate,
+                    self.plan.latency_secs
+                )
+            })
+            .collect()
     }
 
     fn rps_table(&self, md: &mut String) {
@@ -1264,6 +1302,132 @@ impl Report<'_> {
         md.push_str("\n\n");
     }
 
+    /// The JSON beside the report: the same medians and ranges as the
+    /// tables, the targets as the findings state them.
+    fn results(&self) -> Results {
+        let rows = |targets: &[Target], v: fn(&Samples) -> &Vec<f64>| {
+            targets
+                .iter()
+                .filter_map(|&t| row(t.name(), summarize(v(self.s(t)).clone())))
+                .collect::<Vec<_>>()
+        };
+        let haproxy = || Some(Target::Haproxy.name().to_owned());
+        let direct = med(&self.s(Target::Direct).rps);
+        let latency = |p: &str| {
+            format!(
+                "{p} latency at {:.0} requests/s ({:.0}% of HAProxy's saturation)",
+                self.rate,
+                LATENCY_LOAD * 100.0
+            )
+        };
+        let comparisons = vec![
+            Comparison {
+                id: "proxy-rps".into(),
+                title: format!(
+                    "Keep-alive requests/s at saturation (wrk -t1 -c{CONNS}, {} s)",
+                    self.plan.wrk_secs
+                ),
+                unit: "requests/s".into(),
+                lower_is_better: false,
+                baseline: haproxy(),
+                rows: rows(&Target::ALL, |s| &s.rps),
+            },
+            Comparison {
+                id: "proxy-cpu-per-request".into(),
+                title: "Proxy process CPU µs per keep-alive request (utime + stime, saturation \
+                        runs)"
+                    .into(),
+                unit: "µs".into(),
+                lower_is_better: true,
+                baseline: haproxy(),
+                rows: rows(&Target::PEERS, |s| &s.proc_us),
+            },
+            Comparison {
+                id: "proxy-p50".into(),
+                title: latency("p50"),
+                unit: "µs".into(),
+                lower_is_better: true,
+                baseline: haproxy(),
+                rows: rows(&Target::PEERS, |s| &s.p50),
+            },
+            Comparison {
+                id: "proxy-p99".into(),
+                title: latency("p99"),
+                unit: "µs".into(),
+                lower_is_better: true,
+                baseline: haproxy(),
+                rows: rows(&Target::PEERS, |s| &s.p99),
+            },
+            Comparison {
+                id: "proxy-tax".into(),
+                title: "Proxy tax: proxied requests/s over direct requests/s (ratio of the \
+                        medians, so no range)"
+                    .into(),
+                unit: "×".into(),
+                lower_is_better: false,
+                baseline: None,
+                rows: Target::PEERS
+                    .iter()
+                    .filter_map(|&t| {
+                        let r = med(&self.s(t).rps) / direct;
+                        row(
+                            t.name(),
+                            Summary {
+                                median: r,
+                                min: r,
+                                max: r,
+                            },
+                        )
+                    })
+                    .collect(),
+            },
+        ];
+        let (h, l) = (self.s(Target::Haproxy), self.s(Target::Lb));
+        let cpu_ratio = med(&l.proc_us) / med(&h.proc_us);
+        let targets = vec![
+            results::Target {
+                what: "Proxy process CPU per keep-alive request vs HAProxy".into(),
+                bound: "≤ 1.0×".into(),
+                measured: format!(
+                    "{cpu_ratio:.2}× (lb {:.2} µs, HAProxy {:.2} µs)",
+                    med(&l.proc_us),
+                    med(&h.proc_us)
+                ),
+                met: cpu_ratio <= 1.0,
+            },
+            results::Target {
+                what: format!(
+                    "p99 latency at {:.0}% of HAProxy's saturation rate vs HAProxy",
+                    LATENCY_LOAD * 100.0
+                ),
+                bound: "≤ HAProxy's".into(),
+                measured: format!(
+                    "{} (lb {:.0} µs, HAProxy {:.0} µs)",
+                    ratio(med(&l.p99), med(&h.p99)),
+                    med(&l.p99),
+                    med(&h.p99)
+                ),
+                met: med(&l.p99) <= med(&h.p99),
+            },
+        ];
+        Results {
+            bench: "proxy".into(),
+            title: "Proxy benchmark: lb, HAProxy, nginx".into(),
+            quick: self.quick,
+            runs: self.plan.runs,
+            comparisons,
+            targets,
+            versions: versions(self.machine),
+            commands: self
+                .fleet_cmds
+                .iter()
+                .map(|(_, line)| line.clone())
+                .chain(self.wrk_lines())
+                .chain(self.rate_lines())
+                .collect(),
+        }
+    }
+
     fn render(&self) -> String {
         let mut md = String::new();
         self.header(&mut md);
@@ -1396,7 +1560,8 @@ fn main() -> Result<()> {
         .map_or_else(|| PathBuf::from("."), Path::to_path_buf);
     let configs_dir = out_dir.join("proxy-configs");
     copy_configs(&dir, &configs_dir)?;
-    let md = Report {
+    let machine = machine();
+    let report = Report {
         quick: o.quick,
         plan: &plan,
         samples: &samples,
@@ -1405,10 +1570,16 @@ fn main() -> Result<()> {
         configs_dir: &configs_dir,
         elapsed: started.elapsed(),
         background,
-    }
-    .render();
+        machine: &machine,
+    };
+    let md = report.render();
     std::fs::write(&o.out, &md).with_context(|| format!("writing {}", o.out.display()))?;
+    results::write(&o.out, &report.results())?;
     print!("{md}");
-    eprintln!("bench proxy: wrote {}", o.out.display());
+    eprintln!(
+        "bench proxy: wrote {} and {}",
+        o.out.display(),
+        results::json_path(&o.out).display()
+    );
     Ok(())
 }

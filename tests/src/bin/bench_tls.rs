@@ -45,6 +45,7 @@ use lb_tests::tls::{any_cert, AnyCert};
 use lb_tests::{
     harness::pin_to_cpu,
     report::{clk_tck, cpu_and_kernel, first_line, summarize, Summary},
+    results::{self, Comparison, Results, Row},
 };
 use rustls::{
     client::{ClientSessionStore, Resumption, Tls12ClientSessionValue, Tls13ClientSessionValue},
@@ -1283,6 +1284,8 @@ struct Report<'a> {
     elapsed: Duration,
     /// CPU 0 and CPU 1 busy % before the run (see `background_load`).
     background: [f64; 2],
+    /// The machine description (see `machine`).
+    machine: &'a str,
 }
 
 impl Report<'_> {
@@ -1320,7 +1323,7 @@ impl Report<'_> {
                  works.**\n"
             );
         }
-        let _ = writeln!(md, "## Machine\n\n{}", machine());
+        let _ = writeln!(md, "## Machine\n\n{}", self.machine);
         let [b0, b1] = self.background;
         let _ = writeln!(
             md,
@@ -1627,6 +1630,85 @@ impl Report<'_> {
         let _ = writeln!(md, "```\n");
     }
 
+    /// The JSON beside the report: the same medians and ranges as the
+    /// tables, the targets as the findings state them.
+    fn results(&self) -> Results {
+        let mut comparisons = Vec::new();
+        let mut targets = Vec::new();
+        for l in Load::BOTH {
+            let rows = |v: fn(&Samples) -> &Vec<f64>| {
+                Target::under(l)
+                    .iter()
+                    .filter_map(|&t| {
+                        let s = summarize(v(self.s(l, t)).clone());
+                        (!s.median.is_nan()).then(|| Row::new(t.name(), s))
+                    })
+                    .collect::<Vec<_>>()
+            };
+            comparisons.push(Comparison {
+                id: format!("tls-{}-cpu", l.name()),
+                title: format!(
+                    "Process CPU µs per {} TLS 1.3 handshake (utime + stime)",
+                    l.name()
+                ),
+                unit: "µs".into(),
+                lower_is_better: true,
+                baseline: Some(Target::Haproxy.name().into()),
+                rows: rows(|s| &s.proc_us),
+            });
+            comparisons.push(Comparison {
+                id: format!("tls-{}-rate", l.name()),
+                title: format!(
+                    "{} TLS 1.3 handshakes/s ({SLOTS} connections in flight)",
+                    match l {
+                        Load::Full => "Full",
+                        Load::Resumed => "Resumed",
+                    }
+                ),
+                unit: "handshakes/s".into(),
+                lower_is_better: false,
+                baseline: Some(Target::Haproxy.name().into()),
+                rows: rows(|s| &s.per_s),
+            });
+            let (h, lb) = (self.s(l, Target::Haproxy), self.s(l, Target::Lb));
+            let r = med(&lb.proc_us) / med(&h.proc_us);
+            targets.push(results::Target {
+                what: format!("Process CPU per {} TLS handshake vs HAProxy", l.name()),
+                bound: "≤ 0.6×".into(),
+                measured: format!(
+                    "{r:.2}× (lb {:.1} µs, HAProxy {:.1} µs)",
+                    med(&lb.proc_us),
+                    med(&h.proc_us)
+                ),
+                met: r <= 0.6,
+            });
+        }
+        // The rate charts after both CPU charts.
+        comparisons.sort_by_key(|c| c.id.ends_with("-rate"));
+        Results {
+            bench: "tls".into(),
+            title: "TLS handshake benchmark: lb, HAProxy, nginx".into(),
+            quick: self.quick,
+            runs: self.plan.runs,
+            comparisons,
+            targets,
+            // The machine's `- what: version` lines, without the CPU and the
+            // kernel (the combined report describes the machine) and the date.
+            versions: self
+                .machine
+                .lines()
+                .filter_map(|l| l.strip_prefix("- ")?.split_once(": "))
+                .filter(|(what, _)| !matches!(*what, "CPU" | "kernel" | "date"))
+                .map(|(what, v)| (what.to_owned(), v.to_owned()))
+                .collect(),
+            commands: self
+                .fleet_cmds
+                .iter()
+                .map(|(_, line)| line.clone())
+                .collect(),
+        }
+    }
+
     fn render(&self) -> String {
         let mut md = String::new();
         self.header(&mut md);
@@ -1792,7 +1874,8 @@ fn main() -> Result<()> {
         .map_or_else(|| PathBuf::from("."), Path::to_path_buf);
     let configs_dir = out_dir.join("tls-configs");
     copy_configs(&dir, &configs_dir)?;
-    let md = Report {
+    let machine = machine();
+    let report = Report {
         quick: o.quick,
         plan: &plan,
         samples: &samples,
@@ -1801,10 +1884,16 @@ fn main() -> Result<()> {
         configs_dir: &configs_dir,
         elapsed: started.elapsed(),
         background,
-    }
-    .render();
+        machine: &machine,
+    };
+    let md = report.render();
     std::fs::write(&o.out, &md).with_context(|| format!("writing {}", o.out.display()))?;
+    results::write(&o.out, &report.results())?;
     print!("{md}");
-    eprintln!("bench tls: wrote {}", o.out.display());
+    eprintln!(
+        "bench tls: wrote {} and {}",
+        o.out.display(),
+        results::json_path(&o.out).display()
+    );
     Ok(())
 }

@@ -20,6 +20,7 @@ use lb_tests::{
     netns::{Listener, Netns, Topology},
     packet::{self, flags},
     report::{clk_tck, cpu_and_kernel, first_line, summarize, Summary},
+    results::{self, Comparison, Results, Row},
 };
 
 const VIP: [u8; 4] = [10, 0, 0, 1];
@@ -81,7 +82,11 @@ profile = "x"
 maxConnRate = 10000000
 "#;
 
-fn ns_per_packet(runs: usize, repeat: u32) -> Result<Vec<(&'static str, Summary, Summary)>> {
+/// One case of part 1: its id (for the JSON), its name, lb_xdp's ns per
+/// packet and the empty program's beside it.
+type PacketCase = (&'static str, &'static str, Summary, Summary);
+
+fn ns_per_packet(runs: usize, repeat: u32) -> Result<Vec<PacketCase>> {
     pin_to_cpu(0)?;
     // The same, but the pool allows 1 SYN per second: after the first, every
     // SYN passes source, global and frontend and is dropped by the pool.
@@ -92,14 +97,26 @@ fn ns_per_packet(runs: usize, repeat: u32) -> Result<Vec<(&'static str, Summary,
     let syn = packet::v4_tcp(CLIENT, VIP, 80, flags::SYN);
     let ack = packet::v4_tcp(CLIENT, VIP, 80, flags::ACK);
     let other = packet::v4_tcp(CLIENT, [10, 0, 0, 9], 80, flags::SYN);
-    let cases: [(&str, &str, &[u8], u32); 4] = [
-        ("SYN admitted (source + 3 levels)", ADMIT, &syn, 2),
-        ("SYN dropped (by the pool level)", &drop_cfg, &syn, 1),
-        ("non-SYN (ACK) to the VIP", ADMIT, &ack, 2),
-        ("SYN to no VIP", ADMIT, &other, 2),
+    let cases: [(&str, &str, &str, &[u8], u32); 4] = [
+        (
+            "syn-admitted",
+            "SYN admitted (source + 3 levels)",
+            ADMIT,
+            &syn,
+            2,
+        ),
+        (
+            "syn-dropped",
+            "SYN dropped (by the pool level)",
+            &drop_cfg,
+            &syn,
+            1,
+        ),
+        ("non-syn", "non-SYN (ACK) to the VIP", ADMIT, &ack, 2),
+        ("syn-no-vip", "SYN to no VIP", ADMIT, &other, 2),
     ];
     let mut rows = Vec::new();
-    for (name, config, pkt, verdict) in cases {
+    for (id, name, config, pkt, verdict) in cases {
         let (mut ours, mut base) = (Vec::new(), Vec::new());
         for _ in 0..runs {
             // Fresh buckets each run: 10M repeats spend the 10M burst.
@@ -113,7 +130,7 @@ fn ns_per_packet(runs: usize, repeat: u32) -> Result<Vec<(&'static str, Summary,
             let (_, e) = h.run_program(programs::XDP_EMPTY, pkt, repeat)?;
             base.push(e.as_secs_f64() * 1e9);
         }
-        rows.push((name, summarize(ours), summarize(base)));
+        rows.push((id, name, summarize(ours), summarize(base)));
     }
     Ok(rows)
 }
@@ -212,6 +229,18 @@ impl Guard {
             Self::Nothing => {
                 "no protection (the kernel's own SYN handling, a listener on the port)"
             }
+        }
+    }
+
+    /// Its row name in the JSON's chart.
+    fn short(self) -> &'static str {
+        match self {
+            Self::PlainDrop => "plain XDP_DROP",
+            Self::Xdp => "lb XDP, worst path",
+            Self::XdpSource => "lb XDP, one source",
+            Self::NftConntrack => "nftables conntrack",
+            Self::NftIngress => "nftables netdev ingress",
+            Self::Nothing => "no protection",
         }
     }
 
@@ -461,7 +490,8 @@ fn main() -> Result<()> {
             "**Quick run: too short to read anything into; it only proves the harness works.**\n"
         );
     }
-    let _ = writeln!(md, "## Machine\n\n{}", machine());
+    let machine = machine();
+    let _ = writeln!(md, "## Machine\n\n{machine}");
     let _ = writeln!(
         md,
         "## ns per packet (BPF_PROG_TEST_RUN, {repeat} repeats a run, CPU 0)\n\n\
@@ -469,7 +499,7 @@ fn main() -> Result<()> {
          run interleaved with it.\n\n\
          | packet | lb_xdp | empty program | ratio |\n|---|---|---|---|"
     );
-    for (name, ours, base) in &per_packet {
+    for (_, name, ours, base) in &per_packet {
         let _ = writeln!(
             md,
             "| {name} | {} | {} | {:.2}× |",
@@ -518,6 +548,10 @@ fn main() -> Result<()> {
             .find(|r| g(&r.0))
             .map_or(f64::NAN, |r| xdp / r.1.median)
     };
+    let (vs_conntrack, vs_ingress) = (
+        ratio(|g| matches!(g, Guard::NftConntrack)),
+        ratio(|g| matches!(g, Guard::NftIngress)),
+    );
     let _ = writeln!(
         md,
         "\nlb XDP per dropped SYN, worst path: {:.2}× the conntrack rule (target ≤ 0.5×), \
@@ -528,29 +562,152 @@ fn main() -> Result<()> {
          skb (kmalloc'd head, little headroom) is copied into a fresh page for it, which the \
          netdev hook never pays. The plain XDP_DROP row is that floor: what lb's program adds on \
          top of it is its own cost.\n",
-        ratio(|g| matches!(g, Guard::NftConntrack)),
-        ratio(|g| matches!(g, Guard::NftIngress)),
+        vs_conntrack,
+        vs_ingress,
         ratio(|g| matches!(g, Guard::Nothing)),
         ratio(|g| matches!(g, Guard::PlainDrop)),
         median_of(|g| matches!(g, Guard::XdpSource))
             / median_of(|g| matches!(g, Guard::NftIngress)),
     );
+    let commands = [
+        "cargo xtask bench xdp".to_owned(),
+        format!(
+            "taskset -c {FLOOD_CPU} timeout -s INT {secs} hping3 -q -S -p {PORT} -a {FLOOD_IP} \
+             --flood {LB_IP}"
+        ),
+        format!("bpftool prog run id ID data_in syn.bin repeat {repeat}"),
+    ];
+    let rulesets = [
+        Guard::NftConntrack.ruleset("IFACE").unwrap_or_default(),
+        Guard::NftIngress.ruleset("IFACE").unwrap_or_default(),
+    ];
     let _ = writeln!(
         md,
         "## Rerun by hand\n\n\
-         ```\ncargo xtask bench xdp\n# one flood, as the harness runs it (client namespace, CPU {FLOOD_CPU}):\n\
-         taskset -c {FLOOD_CPU} timeout -s INT {secs} hping3 -q -S -p {PORT} -a {FLOOD_IP} --flood {LB_IP}\n\
-         # one test run, with the object's program loaded by bpftool:\n\
-         bpftool prog run id ID data_in syn.bin repeat {repeat}\n```\n\n\
+         ```\n{}\n# one flood, as the harness runs it (client namespace, CPU {FLOOD_CPU}):\n{}\n\
+         # one test run, with the object's program loaded by bpftool:\n{}\n```\n\n\
          Peer rulesets:\n\n```\n{}\n{}\n```",
-        Guard::NftConntrack.ruleset("IFACE").unwrap_or_default(),
-        Guard::NftIngress.ruleset("IFACE").unwrap_or_default(),
+        commands[0], commands[1], commands[2], rulesets[0], rulesets[1],
     );
+    let results = Results {
+        bench: "xdp".into(),
+        title: "XDP data plane benchmark".into(),
+        quick: o.quick,
+        runs,
+        comparisons: comparisons(&per_packet, &per_drop, repeat, secs),
+        targets: targets(&per_packet, &per_drop, vs_conntrack, vs_ingress),
+        versions: versions(&machine),
+        commands: commands
+            .into_iter()
+            .chain(
+                rulesets
+                    .iter()
+                    .map(|r| format!("nft -f - <<'EOF'\n{r}\nEOF")),
+            )
+            .collect(),
+    };
     if let Some(parent) = o.out.parent() {
         std::fs::create_dir_all(parent)?;
     }
     std::fs::write(&o.out, &md)?;
+    results::write(&o.out, &results)?;
     print!("{md}");
-    eprintln!("bench xdp: wrote {}", o.out.display());
+    eprintln!(
+        "bench xdp: wrote {} and {}",
+        o.out.display(),
+        results::json_path(&o.out).display()
+    );
     Ok(())
+}
+
+// ---- the JSON ------------------------------------------------------------
+
+/// The `- what: version` lines of the machine description, without the
+/// CPU and the kernel (the combined report describes the machine itself).
+fn versions(machine: &str) -> Vec<(String, String)> {
+    machine
+        .lines()
+        .filter_map(|l| l.strip_prefix("- ")?.split_once(": "))
+        .filter(|(what, _)| !matches!(*what, "CPU" | "kernel"))
+        .map(|(what, v)| (what.to_owned(), v.to_owned()))
+        .collect()
+}
+
+/// One chart per packet case (lb_xdp beside the empty program run
+/// interleaved with it, so each ratio is the table's), and one of CPU per
+/// dropped SYN with lb's worst path as the baseline (the table's
+/// `vs lb XDP` column).
+fn comparisons(
+    per_packet: &[PacketCase],
+    per_drop: &[(Guard, Summary, u64)],
+    repeat: u32,
+    secs: u32,
+) -> Vec<Comparison> {
+    let mut out: Vec<Comparison> = per_packet
+        .iter()
+        .map(|(id, name, ours, base)| Comparison {
+            id: format!("xdp-ns-per-packet-{id}"),
+            title: format!("ns per packet, {name} (BPF_PROG_TEST_RUN, {repeat} repeats a run)"),
+            unit: "ns".into(),
+            lower_is_better: true,
+            baseline: Some("empty program".into()),
+            rows: vec![Row::new("lb_xdp", *ours), Row::new("empty program", *base)],
+        })
+        .collect();
+    if !per_drop.is_empty() {
+        out.push(Comparison {
+            id: "xdp-cpu-per-dropped-syn".into(),
+            title: format!(
+                "Softirq CPU µs per SYN during a hping3 flood over a veth ({secs} s a run)"
+            ),
+            unit: "µs".into(),
+            lower_is_better: true,
+            baseline: Some(Guard::Xdp.short().into()),
+            rows: per_drop
+                .iter()
+                .map(|(g, s, _)| Row::new(g.short(), *s))
+                .collect(),
+        });
+    }
+    out
+}
+
+fn targets(
+    per_packet: &[PacketCase],
+    per_drop: &[(Guard, Summary, u64)],
+    vs_conntrack: f64,
+    vs_ingress: f64,
+) -> Vec<results::Target> {
+    let target = |what: String, bound: f64, r: f64| results::Target {
+        what,
+        bound: format!("≤ {bound}×"),
+        measured: format!("{r:.2}×"),
+        met: r <= bound,
+    };
+    let mut out = Vec::new();
+    for (id, name, ours, base) in per_packet {
+        let bound = match *id {
+            "non-syn" => 2.0,
+            "syn-admitted" | "syn-dropped" => 6.0,
+            _ => continue,
+        };
+        out.push(target(
+            format!("XDP ns per packet, {name}, vs the empty program"),
+            bound,
+            ours.median / base.median,
+        ));
+    }
+    if !per_drop.is_empty() {
+        out.push(target(
+            "XDP CPU per dropped SYN (worst path) vs nftables conntrack `limit rate`".into(),
+            0.5,
+            vs_conntrack,
+        ));
+        out.push(target(
+            "XDP CPU per dropped SYN (worst path) vs nftables netdev ingress `limit rate`".into(),
+            1.1,
+            vs_ingress,
+        ));
+    }
+    out
 }
