@@ -145,8 +145,8 @@ fn chart(c: &Comparison, png: &Path) -> Result<()> {
     };
     let mut ch = ChartBuilder::on(&root)
         .caption(
-            format!("{} ({better})", c.title),
-            ("sans-serif", 17).into_font(),
+            c.title.as_str(),
+            ("sans-serif", if c.title.len() > 80 { 14 } else { 17 }).into_font(),
         )
         .margin(12)
         .margin_left(260)
@@ -156,7 +156,7 @@ fn chart(c: &Comparison, png: &Path) -> Result<()> {
         .disable_y_mesh()
         .disable_y_axis()
         .y_labels(0)
-        .x_desc(c.unit.as_str())
+        .x_desc(format!("{} ({better})", c.unit))
         .x_label_formatter(&|v| num(*v))
         .label_style(("sans-serif", 13))
         .draw()?;
