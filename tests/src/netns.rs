@@ -61,6 +61,18 @@ impl Netns {
         cmd_in(&self.name, program)
     }
 
+    /// Whether an XDP program is attached to `iface` in the namespace.
+    ///
+    /// # Panics
+    /// `ip link` failed (no such interface).
+    #[must_use]
+    pub fn xdp_attached(&self, iface: &str) -> bool {
+        let out = self
+            .run(&["ip", "-d", "link", "show", "dev", iface])
+            .expect("ip link");
+        String::from_utf8_lossy(&out.stdout).contains("prog/xdp")
+    }
+
     /// Runs `argv` inside the namespace; fails on a non-zero exit.
     ///
     /// # Errors

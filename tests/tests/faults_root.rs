@@ -24,7 +24,7 @@ use lb_tests::{
     have_root,
     lb::Lb,
     load::{quantile, Load, Req},
-    netns::{Netns, Topology},
+    netns::Topology,
     ScratchDir,
 };
 
@@ -64,13 +64,6 @@ fn backends(t: &Topology) -> Vec<HttpBackend> {
 }
 
 /// What `ip -d link show` says of `iface`: whether an XDP program is on it.
-fn xdp_attached(ns: &Netns, iface: &str) -> bool {
-    let out = ns
-        .run(&["ip", "-d", "link", "show", "dev", iface])
-        .expect("ip link");
-    String::from_utf8_lossy(&out.stdout).contains("prog/xdp")
-}
-
 fn ms(d: Duration) -> String {
     format!("{:.1}ms", d.as_secs_f64() * 1000.0)
 }
@@ -89,7 +82,7 @@ fn sigkill_under_load_leaves_no_xdp_program_traffic_passes_and_a_new_lb_repins_a
     let pins = Path::new("/sys/fs/bpf/lb").join(&instance);
     let (cfg, text) = (tmp.join("lb.toml"), config(&instance, &t.iface));
     let mut lb = Lb::start(Some(&t.lbns), &cfg, &text).expect("lb run");
-    assert!(xdp_attached(&t.lbns, &t.iface) && pins.exists());
+    assert!(t.lbns.xdp_attached(&t.iface) && pins.exists());
 
     // 4 clients in the client namespace, through the veth and XDP.
     let vip: SocketAddr = VIP.parse().expect("vip");
@@ -105,7 +98,7 @@ fn sigkill_under_load_leaves_no_xdp_program_traffic_passes_and_a_new_lb_repins_a
     lb.stop(libc::SIGKILL).expect("killed");
     // The kernel drops the bpf_link with the process: nothing attached.
     assert!(
-        !xdp_attached(&t.lbns, &t.iface),
+        !t.lbns.xdp_attached(&t.iface),
         "an XDP program is still attached after SIGKILL"
     );
     // Traffic passes: a client reaches a backend straight, through the
@@ -136,7 +129,7 @@ fn sigkill_under_load_leaves_no_xdp_program_traffic_passes_and_a_new_lb_repins_a
     let mut again = Lb::start(Some(&t.lbns), &cfg, &text).expect("lb run after SIGKILL");
     let ready = load.started().elapsed();
     let restart_took = restart.elapsed();
-    assert!(xdp_attached(&t.lbns, &t.iface), "the new lb attached");
+    assert!(t.lbns.xdp_attached(&t.iface), "the new lb attached");
     for map in lb_common::maps::ALL {
         assert!(pins.join(map).exists(), "the new lb pinned {map}");
     }
@@ -177,7 +170,7 @@ fn sigkill_under_load_leaves_no_xdp_program_traffic_passes_and_a_new_lb_repins_a
         ms(slowest)
     );
     assert_eq!(again.stop(libc::SIGTERM).expect("exit"), Some(0));
-    assert!(!xdp_attached(&t.lbns, &t.iface) && !pins.exists());
+    assert!(!t.lbns.xdp_attached(&t.iface) && !pins.exists());
     drop(backends);
 }
 

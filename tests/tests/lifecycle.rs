@@ -10,7 +10,7 @@ use std::{
 use lb_tests::{
     have_root, have_tool,
     lb::{lb_cmd, Lb},
-    netns::{Netns, Topology},
+    netns::Topology,
     ScratchDir,
 };
 
@@ -33,13 +33,6 @@ pool = "api"
 name = "api"
 "#
     )
-}
-
-fn xdp_attached(ns: &Netns, iface: &str) -> bool {
-    let out = ns
-        .run(&["ip", "-d", "link", "show", "dev", iface])
-        .expect("ip link");
-    String::from_utf8_lossy(&out.stdout).contains("prog/xdp")
 }
 
 fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
@@ -97,7 +90,7 @@ fn run_pins_btf_maps_refuses_a_second_instance_and_cleans_up_on_sigterm() {
     let cfg = tmp.join("lb.toml");
     let mut lb = Lb::start(Some(&t.lbns), &cfg, &config(&instance, &t.iface)).expect("lb run");
     let pins = Path::new("/sys/fs/bpf/lb").join(&instance);
-    assert!(xdp_attached(&t.lbns, &t.iface), "XDP attached");
+    assert!(t.lbns.xdp_attached(&t.iface), "XDP attached");
     for map in lb_common::maps::ALL {
         assert!(pins.join(map).exists(), "pin {map}");
     }
@@ -140,7 +133,7 @@ fn run_pins_btf_maps_refuses_a_second_instance_and_cleans_up_on_sigterm() {
         )),
         "{err}"
     );
-    assert!(xdp_attached(&t.lbns, &t.iface) && pins.join("counters").exists());
+    assert!(t.lbns.xdp_attached(&t.iface) && pins.join("counters").exists());
 
     assert_eq!(
         lb.stop(libc::SIGTERM).expect("exit"),
@@ -148,7 +141,7 @@ fn run_pins_btf_maps_refuses_a_second_instance_and_cleans_up_on_sigterm() {
         "{}",
         lb.log()
     );
-    assert!(!xdp_attached(&t.lbns, &t.iface), "detached after SIGTERM");
+    assert!(!t.lbns.xdp_attached(&t.iface), "detached after SIGTERM");
     assert!(!pins.exists(), "pins removed after SIGTERM");
 }
 
@@ -164,18 +157,18 @@ fn sigkill_leaves_nothing_attached_or_pinned_and_a_new_lb_starts() {
     let text = config(&instance, &t.iface);
     let mut lb = Lb::start(Some(&t.lbns), &cfg, &text).expect("lb run");
     let pins = Path::new("/sys/fs/bpf/lb").join(&instance);
-    assert!(xdp_attached(&t.lbns, &t.iface) && pins.exists());
+    assert!(t.lbns.xdp_attached(&t.iface) && pins.exists());
     lb.stop(libc::SIGKILL).expect("killed");
     // The kernel drops the bpf_link with the process: fail open at once.
     assert!(
-        !xdp_attached(&t.lbns, &t.iface),
+        !t.lbns.xdp_attached(&t.iface),
         "no XDP program after SIGKILL"
     );
     // The janitor removes the pins.
     wait_for("pins removed after SIGKILL", || !pins.exists());
     // And a new lb takes the instance over.
     let mut again = Lb::start(Some(&t.lbns), &cfg, &text).expect("lb run after SIGKILL");
-    assert!(xdp_attached(&t.lbns, &t.iface) && pins.exists());
+    assert!(t.lbns.xdp_attached(&t.iface) && pins.exists());
     assert_eq!(again.stop(libc::SIGTERM).expect("exit"), Some(0));
     assert!(!pins.exists());
 }
@@ -200,7 +193,7 @@ fn mode_off_and_no_privileges_run_with_nothing_attached_and_say_so() {
         "{}",
         lb.log()
     );
-    assert!(!xdp_attached(&t.lbns, &t.iface));
+    assert!(!t.lbns.xdp_attached(&t.iface));
     assert!(!Path::new("/sys/fs/bpf/lb").join(&instance).exists());
     assert_eq!(lb.stop(libc::SIGTERM).expect("exit"), Some(0));
 
@@ -245,5 +238,5 @@ fn mode_off_and_no_privileges_run_with_nothing_attached_and_say_so() {
     assert!(err.contains("no privileges to load BPF"), "{err}");
     assert!(err.contains("ready (no XDP)"), "{err}");
     assert_eq!(out.status.code(), Some(0), "{err}");
-    assert!(!xdp_attached(&t.lbns, &t.iface));
+    assert!(!t.lbns.xdp_attached(&t.iface));
 }

@@ -79,13 +79,6 @@ fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
     }
 }
 
-fn xdp_attached(ns: &Netns, iface: &str) -> bool {
-    let out = ns
-        .run(&["ip", "-d", "link", "show", "dev", iface])
-        .expect("ip link");
-    String::from_utf8_lossy(&out.stdout).contains("prog/xdp")
-}
-
 #[test]
 fn a_joined_process_shares_one_max_conn_with_the_old_one_and_takes_over_when_it_exits() {
     if !have_root("a_joined_process_shares_one_max_conn") {
@@ -214,7 +207,7 @@ fn a_joined_process_shares_one_max_conn_with_the_old_one_and_takes_over_when_it_
     });
     let pins = std::path::Path::new("/sys/fs/bpf/lb").join(&instance);
     assert!(pins.join("pool_state").exists(), "{}", new.log());
-    assert!(xdp_attached(&t.lbns, &t.iface), "{}", new.log());
+    assert!(t.lbns.xdp_attached(&t.iface), "{}", new.log());
     let r = curl_in(Some(t.client.name()), &format!("http://{VIP}/"), &[]).expect("curl");
     assert_eq!(r.status, 200);
     assert_eq!(
@@ -249,7 +242,7 @@ fn a_joined_process_shares_one_max_conn_with_the_old_one_and_takes_over_when_it_
     });
     assert_eq!(newer.stop(libc::SIGTERM).expect("exit"), Some(0));
     assert!(!pins.exists(), "pins removed by the last owner");
-    assert!(!xdp_attached(&t.lbns, &t.iface));
+    assert!(!t.lbns.xdp_attached(&t.iface));
 }
 
 #[test]

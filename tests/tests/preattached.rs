@@ -15,7 +15,7 @@ use std::{
 use lb_tests::{
     have_root, have_tool,
     lb::{lb_bin, lb_cmd, nobody_cmd},
-    netns::{Netns, Topology},
+    netns::Topology,
     ScratchDir,
 };
 
@@ -35,13 +35,6 @@ pool = "api"
 name = "api"
 "#
     )
-}
-
-fn xdp_attached(ns: &Netns, iface: &str) -> bool {
-    let out = ns
-        .run(&["ip", "-d", "link", "show", "dev", iface])
-        .expect("ip link");
-    String::from_utf8_lossy(&out.stdout).contains("prog/xdp")
 }
 
 /// The pins of the instance, removed (which detaches the program) if the
@@ -128,7 +121,7 @@ fn nobody_runs_over_a_program_lb_attach_pinned_and_its_limits_hold_in_the_kernel
         err.contains("--owner no-such-user-here: no such user"),
         "{err}"
     );
-    assert!(!xdp_attached(&t.lbns, &t.iface) && !pins.0.exists());
+    assert!(!t.lbns.xdp_attached(&t.iface) && !pins.0.exists());
 
     // Root attaches, for nobody, and exits: the program stays.
     let out = t
@@ -148,7 +141,7 @@ fn nobody_runs_over_a_program_lb_attach_pinned_and_its_limits_hold_in_the_kernel
     );
     assert!(said.contains(&format!("attached to {}", t.iface)), "{said}");
     assert!(
-        xdp_attached(&t.lbns, &t.iface),
+        t.lbns.xdp_attached(&t.iface),
         "attached after lb attach exited"
     );
     let link = format!("link_{}", t.iface);
@@ -210,7 +203,7 @@ fn nobody_runs_over_a_program_lb_attach_pinned_and_its_limits_hold_in_the_kernel
     let code = lb.0.wait().expect("wait");
     assert_eq!(code.code(), Some(0), "{}", log());
     assert!(
-        xdp_attached(&t.lbns, &t.iface),
+        t.lbns.xdp_attached(&t.iface),
         "still attached after it stopped"
     );
     assert!(pins.0.join(&link).exists());
@@ -233,7 +226,7 @@ fn nobody_runs_over_a_program_lb_attach_pinned_and_its_limits_hold_in_the_kernel
     let (code, out, err) = detach();
     assert_eq!(code, Some(0), "{out}{err}");
     assert!(out.contains(&format!("detached from {}", t.iface)), "{out}");
-    assert!(!xdp_attached(&t.lbns, &t.iface), "detached");
+    assert!(!t.lbns.xdp_attached(&t.iface), "detached");
     assert!(!pins.0.exists(), "pins removed");
     let (code, _, err) = detach();
     assert_eq!(code, Some(1), "{err}");
