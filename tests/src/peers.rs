@@ -1,9 +1,10 @@
-//! What the benchmarks (`lb-bench-proxy`, `lb-bench-tls`) share: a scratch
-//! directory, the peers they start and stop by pid ([`Daemon`]), and CPU time
-//! read from /proc.
+//! What the benchmark tools (`lb-bench-*`) share: a scratch directory, the
+//! peers they start and stop by pid ([`Daemon`]) and their process trees,
+//! CPU time read from /proc, free ports, and how lb's version and a path
+//! are shown in a report.
 
 use std::{
-    net::{SocketAddr, TcpStream},
+    net::{SocketAddr, TcpListener, TcpStream},
     os::unix::process::CommandExt as _,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
@@ -11,6 +12,8 @@ use std::{
 };
 
 use anyhow::{bail, ensure, Context as _, Result};
+
+use crate::report::first_line;
 
 /// The run's temporary directory (`<tmp>/lb-bench-proxy-<pid>`): configs,
 /// pid and log files. Removed on drop.
@@ -263,4 +266,61 @@ pub fn background_load([proxy, load]: [usize; 2]) -> Result<[f64; 2]> {
     std::thread::sleep(Duration::from_secs(1));
     let after = [cpu_ticks(proxy)?, cpu_ticks(load)?];
     Ok([0, 1].map(|i| busy_pct(before[i], after[i])))
+}
+
+/// Fails naming the port when something already listens on it.
+pub fn port_free(port: u16) -> Result<()> {
+    TcpListener::bind(("127.0.0.1", port))
+        .map(drop)
+        .with_context(|| format!("127.0.0.1:{port} is taken (another bench run?)"))
+}
+
+/// The pids of `pid` and its descendants (nginx's worker is a child of its
+/// master).
+pub fn tree_pids(pid: u32) -> Result<Vec<u32>> {
+    let mut all: Vec<(u32, u64)> = Vec::new();
+    for entry in std::fs::read_dir("/proc").context("reading /proc")? {
+        let Some(p) = entry?.file_name().to_str().and_then(|n| n.parse().ok()) else {
+            continue;
+        };
+        if let Some(f) = stat_fields(p) {
+            // ppid is field 4.
+            all.push((p, f.get(1).copied().unwrap_or(0)));
+        }
+    }
+    let mut tree = vec![pid];
+    let mut i = 0;
+    while i < tree.len() {
+        let parent = u64::from(tree[i]);
+        tree.extend(all.iter().filter(|(_, pp)| *pp == parent).map(|(p, _)| *p));
+        i += 1;
+    }
+    Ok(tree)
+}
+
+/// lb's commit, and whether `lb-userspace/` has uncommitted changes.
+#[must_use]
+pub fn lb_version() -> String {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let root = root.to_string_lossy();
+    let rev = first_line("git", &["-C", &root, "rev-parse", "--short", "HEAD"]);
+    let clean = Command::new("git")
+        .args(["-C", &root, "diff", "--quiet", "HEAD", "--", "lb-userspace"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if clean {
+        rev
+    } else {
+        format!("{rev} (with uncommitted changes in lb-userspace/)")
+    }
+}
+
+/// `path` relative to the workspace root when it is inside it.
+#[must_use]
+pub fn shown_path(path: &Path) -> PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    match (std::fs::canonicalize(root), std::fs::canonicalize(path)) {
+        (Ok(r), Ok(p)) => p.strip_prefix(&r).map_or(p.clone(), Path::to_path_buf),
+        _ => path.to_path_buf(),
+    }
 }

@@ -80,3 +80,28 @@ pub fn cpu_and_kernel() -> String {
         first_line("uname", &["-r"])
     )
 }
+
+/// A summary as the reports write it: `median (min–max)`, `–` if empty.
+#[must_use]
+pub fn fmt(s: Summary, decimals: usize) -> String {
+    if s.median.is_nan() {
+        return "–".into();
+    }
+    format!(
+        "{:.d$} ({:.d$}–{:.d$})",
+        s.median,
+        s.min,
+        s.max,
+        d = decimals
+    )
+}
+
+/// `a / b` as the reports write it (`0.37×`), `–` when it has no value.
+#[must_use]
+pub fn ratio(a: f64, b: f64) -> String {
+    if a.is_nan() || b.is_nan() || b == 0.0 {
+        "–".into()
+    } else {
+        format!("{:.2}×", a / b)
+    }
+}

@@ -57,7 +57,7 @@ use lb_tests::{
         argv, background_load, busy_pct, cpu_ticks, nginx_argv, shell_line, stat_fields, Daemon,
         Scratch,
     },
-    report::{clk_tck, cpu_and_kernel, first_line, summarize, Summary},
+    report::{clk_tck, cpu_and_kernel, first_line, fmt, ratio, summarize},
     results::{self, Comparison, Results, Row},
 };
 
@@ -1497,27 +1497,6 @@ impl Samples {
 
 fn med(v: &[f64]) -> f64 {
     summarize(v.to_vec()).median
-}
-
-fn fmt(s: Summary, decimals: usize) -> String {
-    if s.median.is_nan() {
-        return "–".into();
-    }
-    format!(
-        "{:.d$} ({:.d$}–{:.d$})",
-        s.median,
-        s.min,
-        s.max,
-        d = decimals
-    )
-}
-
-fn ratio(a: f64, b: f64) -> String {
-    if a.is_nan() || b.is_nan() || b == 0.0 {
-        "–".into()
-    } else {
-        format!("{:.2}×", a / b)
-    }
 }
 
 // ---- the report ------------------------------------------------------------------

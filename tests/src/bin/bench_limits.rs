@@ -64,7 +64,7 @@ use lb_tests::{
     have_tool,
     lb::Lb,
     netns::{Listener, Netns, Topology},
-    peers::{background_load, shell_line, Scratch},
+    peers::{background_load, shell_line, shown_path, Scratch},
     report::{cpu_and_kernel, first_line, summarize, Summary},
     results::{self, Comparison, Results, Row, Target},
     storm::Storm,
@@ -1183,15 +1183,6 @@ fn measure(ctx: &Ctx, axes: &[Axis], configs: &Path) -> Result<Vec<Record>> {
 }
 
 // ---- the report ----------------------------------------------------------------
-
-/// `path` relative to the workspace root when it is inside it.
-fn shown_path(path: &Path) -> PathBuf {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    match (std::fs::canonicalize(root), std::fs::canonicalize(path)) {
-        (Ok(r), Ok(p)) => p.strip_prefix(&r).map_or(p.clone(), Path::to_path_buf),
-        _ => path.to_path_buf(),
-    }
-}
 
 /// `1.003× (0.990–1.010)`.
 fn ratio_text(s: Summary) -> String {

@@ -28,7 +28,7 @@
 use std::{
     fmt::Write as _,
     io::{Read as _, Write as _},
-    net::{Ipv4Addr, TcpListener, TcpStream},
+    net::{Ipv4Addr, TcpStream},
     os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
     path::{Path, PathBuf},
     process::Command,
@@ -41,13 +41,14 @@ use std::{
 
 use anyhow::{bail, ensure, Context as _, Result};
 use lb_tests::peers::{
-    argv, background_load, nginx_argv, shell_line, stat_fields, Daemon, Scratch,
+    argv, background_load, lb_version, nginx_argv, port_free, shell_line, shown_path, tree_pids,
+    Daemon, Scratch,
 };
 use lb_tests::results::{self, Comparison, Results, Row};
 use lb_tests::tls::any_cert;
 use lb_tests::{
     harness::pin_to_cpu,
-    report::{cpu_and_kernel, first_line, summarize, Summary},
+    report::{cpu_and_kernel, first_line, fmt, ratio, summarize, Summary},
 };
 use rustls::{
     client::Resumption, crypto::aws_lc_rs as provider, pki_types::ServerName, ClientConfig,
@@ -387,13 +388,6 @@ fn lb_bin() -> Result<PathBuf> {
     Ok(p)
 }
 
-/// Fails naming the port when something already listens on it.
-fn port_free(port: u16) -> Result<()> {
-    TcpListener::bind(("127.0.0.1", port))
-        .map(drop)
-        .with_context(|| format!("127.0.0.1:{port} is taken (another bench run?)"))
-}
-
 /// `lb cert gen --name bench.test --dir DIR/cert`, and the combined PEM.
 fn make_cert(dir: &Scratch) -> Result<(Cert, String)> {
     let bin = lb_bin()?;
@@ -433,29 +427,6 @@ fn make_cert(dir: &Scratch) -> Result<(Cert, String)> {
         },
         shell_line(&a),
     ))
-}
-
-/// The pids of `pid` and its descendants (nginx's worker is a child of its
-/// master).
-fn tree_pids(pid: u32) -> Result<Vec<u32>> {
-    let mut all: Vec<(u32, u64)> = Vec::new();
-    for entry in std::fs::read_dir("/proc").context("reading /proc")? {
-        let Some(p) = entry?.file_name().to_str().and_then(|n| n.parse().ok()) else {
-            continue;
-        };
-        if let Some(f) = stat_fields(p) {
-            // ppid is field 4.
-            all.push((p, f.get(1).copied().unwrap_or(0)));
-        }
-    }
-    let mut tree = vec![pid];
-    let mut i = 0;
-    while i < tree.len() {
-        let parent = u64::from(tree[i]);
-        tree.extend(all.iter().filter(|(_, pp)| *pp == parent).map(|(p, _)| *p));
-        i += 1;
-    }
-    Ok(tree)
 }
 
 /// The argv that starts `peer` with its config in `dir` (without taskset).
@@ -1056,48 +1027,12 @@ fn hold_only(port: u16, pid: u32, n: usize) -> Result<()> {
 
 // ---- the report ----------------------------------------------------------
 
-fn fmt(s: Summary, decimals: usize) -> String {
-    if s.median.is_nan() {
-        return "–".into();
-    }
-    format!(
-        "{:.d$} ({:.d$}–{:.d$})",
-        s.median,
-        s.min,
-        s.max,
-        d = decimals
-    )
-}
-
-fn ratio(a: f64, b: f64) -> String {
-    if a.is_nan() || b.is_nan() || b == 0.0 {
-        "–".into()
-    } else {
-        format!("{:.2}×", a / b)
-    }
-}
-
 /// The order of round `r`: rotated, so no peer always runs first.
 fn round_order(r: usize) -> Vec<Peer> {
     let mut t = Peer::ALL.to_vec();
     let n = t.len();
     t.rotate_left(r % n);
     t
-}
-
-fn lb_version() -> String {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let root = root.to_string_lossy();
-    let rev = first_line("git", &["-C", &root, "rev-parse", "--short", "HEAD"]);
-    let clean = Command::new("git")
-        .args(["-C", &root, "diff", "--quiet", "HEAD", "--", "lb-userspace"])
-        .status()
-        .is_ok_and(|s| s.success());
-    if clean {
-        rev
-    } else {
-        format!("{rev} (with uncommitted changes in lb-userspace/)")
-    }
 }
 
 /// The first line of a command's output (stdout, then stderr) holding
@@ -1612,15 +1547,6 @@ fn raise_nofile(n: usize) -> Result<()> {
     let rc = unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raw const r) };
     ensure!(rc == 0, "setrlimit: {}", std::io::Error::last_os_error());
     Ok(())
-}
-
-/// `path` relative to the workspace root when it is inside it.
-fn shown_path(path: &Path) -> PathBuf {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    match (std::fs::canonicalize(root), std::fs::canonicalize(path)) {
-        (Ok(r), Ok(p)) => p.strip_prefix(&r).map_or(p.clone(), Path::to_path_buf),
-        _ => path.to_path_buf(),
-    }
 }
 
 /// Copies the generated configs beside the report.

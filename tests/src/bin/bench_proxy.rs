@@ -16,7 +16,7 @@
 use std::{
     fmt::Write as _,
     io::{Read as _, Write as _},
-    net::{SocketAddr, TcpListener, TcpStream},
+    net::{SocketAddr, TcpStream},
     path::{Path, PathBuf},
     process::Command,
     time::{Duration, Instant},
@@ -24,12 +24,12 @@ use std::{
 
 use anyhow::{bail, ensure, Context as _, Result};
 use lb_tests::peers::{
-    argv, background_load, busy_pct, cpu_ticks, nginx_argv, shell_line, stat_fields, Daemon,
-    Scratch,
+    argv, background_load, busy_pct, cpu_ticks, lb_version, nginx_argv, port_free, shell_line,
+    stat_fields, tree_pids, Daemon, Scratch,
 };
 use lb_tests::{
     harness::pin_to_cpu,
-    report::{clk_tck, cpu_and_kernel, first_line, summarize, Summary},
+    report::{clk_tck, cpu_and_kernel, first_line, fmt, ratio, summarize, Summary},
     results::{self, Comparison, Results, Row},
 };
 
@@ -326,13 +326,6 @@ fn lb_bin() -> Result<PathBuf> {
     Ok(p)
 }
 
-/// Fails naming the port when something already listens on it.
-fn port_free(port: u16) -> Result<()> {
-    TcpListener::bind(("127.0.0.1", port))
-        .map(drop)
-        .with_context(|| format!("127.0.0.1:{port} is taken (another bench run?)"))
-}
-
 /// Writes the configs and starts both backends and the three peers.
 fn start_fleet(dir: &Scratch) -> Result<Fleet> {
     for port in BACKEND_PORTS
@@ -406,25 +399,9 @@ fn check_answers(t: Target) -> Result<()> {
 /// utime + stime, in clock ticks, of `pid` and its descendants (nginx's
 /// worker is a child of its master). /proc/PID/stat sums all threads.
 fn tree_ticks(pid: u32) -> Result<u64> {
-    let mut all: Vec<(u32, u64)> = Vec::new();
-    for entry in std::fs::read_dir("/proc").context("reading /proc")? {
-        let Some(p) = entry?.file_name().to_str().and_then(|n| n.parse().ok()) else {
-            continue;
-        };
-        if let Some(f) = stat_fields(p) {
-            // ppid is field 4, utime 14, stime 15.
-            all.push((p, f.get(1).copied().unwrap_or(0)));
-        }
-    }
-    let mut tree = vec![pid];
-    let mut i = 0;
-    while i < tree.len() {
-        let parent = u64::from(tree[i]);
-        tree.extend(all.iter().filter(|(_, pp)| *pp == parent).map(|(p, _)| *p));
-        i += 1;
-    }
     let mut ticks = 0;
-    for p in tree {
+    for p in tree_pids(pid)? {
+        // utime is field 14, stime 15.
         let f = stat_fields(p).with_context(|| format!("reading /proc/{p}/stat"))?;
         ticks += f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0);
     }
@@ -850,27 +827,6 @@ fn fixed_rate(port: u16, rate: f64, secs: f64) -> Result<RateRun> {
 
 // ---- summaries -----------------------------------------------------------
 
-fn fmt(s: Summary, decimals: usize) -> String {
-    if s.median.is_nan() {
-        return "–".into();
-    }
-    format!(
-        "{:.d$} ({:.d$}–{:.d$})",
-        s.median,
-        s.min,
-        s.max,
-        d = decimals
-    )
-}
-
-fn ratio(a: f64, b: f64) -> String {
-    if a.is_nan() || b.is_nan() || b == 0.0 {
-        "–".into()
-    } else {
-        format!("{:.2}×", a / b)
-    }
-}
-
 /// Everything measured for one target, one entry per run.
 #[derive(Default)]
 struct Samples {
@@ -936,21 +892,6 @@ fn round_order<const N: usize>(targets: [Target; N], r: usize) -> [Target; N] {
 }
 
 // ---- the report ----------------------------------------------------------
-
-fn lb_version() -> String {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let root = root.to_string_lossy();
-    let rev = first_line("git", &["-C", &root, "rev-parse", "--short", "HEAD"]);
-    let clean = Command::new("git")
-        .args(["-C", &root, "diff", "--quiet", "HEAD", "--", "lb-userspace"])
-        .status()
-        .is_ok_and(|s| s.success());
-    if clean {
-        rev
-    } else {
-        format!("{rev} (with uncommitted changes in lb-userspace/)")
-    }
-}
 
 fn machine() -> String {
     format!(

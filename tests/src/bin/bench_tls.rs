@@ -25,7 +25,7 @@
 use std::{
     collections::VecDeque,
     fmt::Write as _,
-    net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream},
+    net::{Ipv4Addr, SocketAddr, TcpStream},
     os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
     path::{Path, PathBuf},
     process::Command,
@@ -38,13 +38,13 @@ use std::{
 
 use anyhow::{bail, ensure, Context as _, Result};
 use lb_tests::peers::{
-    argv, background_load, busy_pct, cpu_ticks, nginx_argv, shell_line, stat_fields, CpuTicks,
-    Daemon, Scratch,
+    argv, background_load, busy_pct, cpu_ticks, lb_version, nginx_argv, port_free, shell_line,
+    shown_path, stat_fields, tree_pids, CpuTicks, Daemon, Scratch,
 };
 use lb_tests::tls::{any_cert, AnyCert};
 use lb_tests::{
     harness::pin_to_cpu,
-    report::{clk_tck, cpu_and_kernel, first_line, summarize, Summary},
+    report::{clk_tck, cpu_and_kernel, first_line, fmt, ratio, summarize},
     results::{self, Comparison, Results, Row},
 };
 use rustls::{
@@ -396,13 +396,6 @@ fn lb_bin() -> Result<PathBuf> {
     Ok(p)
 }
 
-/// Fails naming the port when something already listens on it.
-fn port_free(port: u16) -> Result<()> {
-    TcpListener::bind(("127.0.0.1", port))
-        .map(drop)
-        .with_context(|| format!("127.0.0.1:{port} is taken (another bench run?)"))
-}
-
 /// `lb cert gen --name bench.test --dir DIR/cert`, and the combined PEM.
 fn make_cert(dir: &Scratch) -> Result<(Cert, String)> {
     let bin = lb_bin()?;
@@ -442,29 +435,6 @@ fn make_cert(dir: &Scratch) -> Result<(Cert, String)> {
         },
         shell_line(&a),
     ))
-}
-
-/// The pids of `pid` and its descendants (nginx's worker is a child of its
-/// master), read once: the peers start no process while they run.
-fn tree_pids(pid: u32) -> Result<Vec<u32>> {
-    let mut all: Vec<(u32, u64)> = Vec::new();
-    for entry in std::fs::read_dir("/proc").context("reading /proc")? {
-        let Some(p) = entry?.file_name().to_str().and_then(|n| n.parse().ok()) else {
-            continue;
-        };
-        if let Some(f) = stat_fields(p) {
-            // ppid is field 4.
-            all.push((p, f.get(1).copied().unwrap_or(0)));
-        }
-    }
-    let mut tree = vec![pid];
-    let mut i = 0;
-    while i < tree.len() {
-        let parent = u64::from(tree[i]);
-        tree.extend(all.iter().filter(|(_, pp)| *pp == parent).map(|(p, _)| *p));
-        i += 1;
-    }
-    Ok(tree)
 }
 
 /// Writes the configs, the certificate, and starts the backend and the
@@ -1132,27 +1102,6 @@ fn run_load(
 
 // ---- summaries -----------------------------------------------------------
 
-fn fmt(s: Summary, decimals: usize) -> String {
-    if s.median.is_nan() {
-        return "–".into();
-    }
-    format!(
-        "{:.d$} ({:.d$}–{:.d$})",
-        s.median,
-        s.min,
-        s.max,
-        d = decimals
-    )
-}
-
-fn ratio(a: f64, b: f64) -> String {
-    if a.is_nan() || b.is_nan() || b == 0.0 {
-        "–".into()
-    } else {
-        format!("{:.2}×", a / b)
-    }
-}
-
 /// Everything measured for one target under one load, one entry per run.
 #[derive(Default)]
 struct Samples {
@@ -1207,21 +1156,6 @@ fn round_order(targets: &[Target], r: usize) -> Vec<Target> {
 type AllSamples = [[Samples; 4]; 2];
 
 // ---- the report ----------------------------------------------------------
-
-fn lb_version() -> String {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let root = root.to_string_lossy();
-    let rev = first_line("git", &["-C", &root, "rev-parse", "--short", "HEAD"]);
-    let clean = Command::new("git")
-        .args(["-C", &root, "diff", "--quiet", "HEAD", "--", "lb-userspace"])
-        .status()
-        .is_ok_and(|s| s.success());
-    if clean {
-        rev
-    } else {
-        format!("{rev} (with uncommitted changes in lb-userspace/)")
-    }
-}
 
 /// The first line of a command's output (stdout, then stderr) holding
 /// `needle`, trimmed; `unknown` when none does.
@@ -1719,15 +1653,6 @@ impl Report<'_> {
         self.setup(&mut md);
         self.commands(&mut md);
         md
-    }
-}
-
-/// `path` relative to the workspace root when it is inside it.
-fn shown_path(path: &Path) -> PathBuf {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    match (std::fs::canonicalize(root), std::fs::canonicalize(path)) {
-        (Ok(r), Ok(p)) => p.strip_prefix(&r).map_or(p.clone(), Path::to_path_buf),
-        _ => path.to_path_buf(),
     }
 }
 
