@@ -97,15 +97,23 @@ fn ab_over_https_completes_every_request_with_no_failed_handshake() {
     assert!(!out.contains("Non-2xx responses"), "{out}");
     let f = frontend_in(&status(admin).expect("status"), "web");
     let tls = &f["tls"];
-    // ab opens a few connections more than it uses: every accepted
-    // connection completed its handshake, and every request was served.
+    // ab opens a few connections more than it uses, and closes those still
+    // in their handshake when it is done (a CI run saw one of 44): every
+    // accepted connection completed its handshake or was one of those.
     let handshakes = ["full", "resumedTls12", "resumedTls13"]
         .iter()
         .map(|k| tls[k].as_u64().unwrap_or(0))
         .sum::<u64>();
+    let accepted = f["accepted"].as_u64().unwrap_or(0);
+    let failed = tls["failed"].as_u64().unwrap_or(0);
     assert!(handshakes >= 5000, "{f}");
-    assert_eq!(Some(handshakes), f["accepted"].as_u64(), "{f}");
-    for k in ["failed", "timeouts", "gateRefused"] {
+    assert_eq!(handshakes + failed, accepted, "{f}");
+    assert!(
+        failed <= accepted - 5000,
+        "{failed} failed handshakes, more than the {} connections ab left unused: {f}",
+        accepted - 5000
+    );
+    for k in ["timeouts", "gateRefused"] {
         assert_eq!(tls[k], 0, "{k}: {f}");
     }
     assert_eq!(f["responses"]["2xx"], 5000, "{f}");
