@@ -28,9 +28,12 @@ pub mod maps {
 
     /// [`crate::PoolState`] per level, indexed like `buckets`; mmap-able.
     pub const POOL_STATE: &str = "pool_state";
+    /// [`crate::SourceKey`] → [`crate::TrustedSource`], LRU: sources that
+    /// completed a TCP handshake, written by the daemon.
+    pub const TRUSTED: &str = "trusted";
 
     /// Every map the daemon pins, in the order `lb stats` reads them.
-    pub const ALL: [&str; 8] = [
+    pub const ALL: [&str; 9] = [
         CONFIG,
         VIPS,
         BUCKETS,
@@ -39,6 +42,7 @@ pub mod maps {
         COUNTERS,
         VIP_STATS,
         POOL_STATE,
+        TRUSTED,
     ];
 }
 
@@ -65,6 +69,10 @@ pub const MAX_BUCKETS: u32 = 1 + MAX_FRONTENDS + MAX_POOLS;
 /// kernel memory, enough to track every source of a large flood at once; the
 /// least recently seen source is evicted first.
 pub const MAX_SOURCES: u32 = 65_536;
+/// Entries of the `trusted` LRU map (about 40 bytes each, ~2.6 MB). Only
+/// sources that completed a handshake get in, so a spoofed flood cannot
+/// evict them; the least recently seen goes first.
+pub const MAX_TRUSTED: u32 = 65_536;
 
 /// Index layout of the `buckets` and `bucket_cache` arrays.
 pub mod bucket {
@@ -118,8 +126,41 @@ pub struct XdpConfig {
     pub overflow: u32,
     /// Always zero.
     pub _pad: u32,
+    /// How long a source stays trusted after the daemon last saw it
+    /// complete a TCP handshake (`trustSeconds`), ns; 0 turns trust off.
+    /// While on, a SYN from a source not trusted may take a VIP level's
+    /// tokens only down to half its burst ([`untrusted_tau`]); the other
+    /// half is kept for trusted sources, so a flood from spoofed addresses
+    /// cannot spend the budget the level's known clients need.
+    pub trust_ns: u64,
 }
-const _: () = assert!(core::mem::size_of::<XdpConfig>() == 24);
+const _: () = assert!(core::mem::size_of::<XdpConfig>() == 32);
+
+/// The burst (as time, see [`RateBucket::tau_ns`]) an untrusted SYN may
+/// draw a level down to: half of `tau`, unless half is less than one token
+/// (a burst of 1 keeps no reserve).
+#[must_use]
+pub const fn untrusted_tau(tau: u64, interval: u64) -> u64 {
+    let half = tau / 2;
+    if half < interval {
+        tau
+    } else {
+        half
+    }
+}
+
+/// Value of the `trusted` map: when the daemon last accepted a connection
+/// from the source (its TCP handshake completed, so the address is not
+/// spoofed). Keyed like `sources` ([`SourceKey`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TrustedSource {
+    /// `CLOCK_MONOTONIC` at the accept, ns (the clock of
+    /// `bpf_ktime_get_coarse_ns`). Trusted while `now < seen_ns +
+    /// XdpConfig::trust_ns`.
+    pub seen_ns: u64,
+}
+const _: () = assert!(core::mem::size_of::<TrustedSource>() == 8);
 
 /// Values of [`XdpConfig::overflow`] (`[xdp] overflow`).
 pub mod overflow {
@@ -268,8 +309,12 @@ pub struct VipCounters {
     /// spend no rate tokens. Not part of [`Self::dropped`]: a RST is an
     /// answer, not a drop, and `lb stats` shows this count on its own line.
     pub overflow: u64,
+    /// Of [`Self::admitted`]: SYNs that a level admitted from the half of
+    /// its burst kept for trusted sources ([`XdpConfig::trust_ns`]), which
+    /// an untrusted SYN would have been dropped by.
+    pub admitted_trusted: u64,
 }
-const _: () = assert!(core::mem::size_of::<VipCounters>() == 48);
+const _: () = assert!(core::mem::size_of::<VipCounters>() == 56);
 
 impl VipCounters {
     /// All drops by a rate limit, whatever the level. Excludes
@@ -314,6 +359,7 @@ mod pod {
     unsafe impl aya::Pod for super::BucketCache {}
     unsafe impl aya::Pod for super::SourceKey {}
     unsafe impl aya::Pod for super::SourceBucket {}
+    unsafe impl aya::Pod for super::TrustedSource {}
     unsafe impl aya::Pod for super::PacketCounters {}
     unsafe impl aya::Pod for super::VipCounters {}
     unsafe impl aya::Pod for super::PoolState {}

@@ -6,11 +6,17 @@
 //! compare-and-swap. The limit therefore holds for the VIP as a whole, wherever
 //! the SYNs land, with at most `batch - 1` tokens per CPU in flight.
 //! Sources are tracked one GCRA each in an LRU map.
+//!
+//! With trust on (`XdpConfig::trust_ns`), an untrusted SYN may draw a level
+//! only down to half its burst (`lb_common::untrusted_tau`); below that, a
+//! SYN whose source is trusted takes single tokens from the shared bucket,
+//! never through a CPU's cache, so no reserve token is ever cached where an
+//! untrusted SYN could spend it.
 
 use core::ptr::{read_volatile, write_volatile};
 
 use aya_ebpf::helpers::bpf_ktime_get_coarse_ns;
-use lb_common::{BucketCache, RateBucket, SourceBucket};
+use lb_common::{untrusted_tau, BucketCache, RateBucket, SourceBucket};
 
 use crate::atomic;
 
@@ -82,19 +88,38 @@ unsafe fn take(tat: *mut u64, interval: u64, tau: u64, want: u64, clock: &mut Cl
     0
 }
 
-/// Admits one SYN through a VIP level, or refuses it.
+/// How a VIP level decided a SYN.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// No token: drop.
+    Refused,
+    /// A token any SYN could have had.
+    Admitted,
+    /// A token of the half of the burst kept for trusted sources.
+    Reserve,
+}
+
+/// Admits one SYN through a VIP level, or refuses it. With `trust_on`, an
+/// untrusted SYN stops at half the burst; `trusted` says (once asked, and
+/// it is asked only then) whether this SYN's source may go below.
 ///
 /// # Safety
 /// Both pointers must point into live map values: `bucket` into the shared
 /// `buckets` array, `cache` into this CPU's slot of `bucket_cache`.
 #[inline(always)]
-pub unsafe fn admit(bucket: *mut RateBucket, cache: *mut BucketCache, clock: &mut Clock) -> bool {
+pub unsafe fn admit(
+    bucket: *mut RateBucket,
+    cache: *mut BucketCache,
+    clock: &mut Clock,
+    trust_on: bool,
+    trusted: &mut impl FnMut(&mut Clock) -> bool,
+) -> Verdict {
     let (interval, tau, batch, generation) = unsafe {
         let b = &*bucket;
         (b.interval_ns, b.tau_ns, b.batch, u64::from(b.generation))
     };
     if interval == 0 {
-        return true;
+        return Verdict::Admitted;
     }
     // The cache is this CPU's alone, so it uses plain loads and stores, not
     // locked instructions (they were a fifth of the SYN path's cost). The
@@ -113,17 +138,26 @@ pub unsafe fn admit(bucket: *mut RateBucket, cache: *mut BucketCache, clock: &mu
         let t = read_volatile(tokens);
         if t > 0 {
             write_volatile(tokens, t - 1);
-            return true;
+            return Verdict::Admitted;
         }
     }
     let want = u64::from(if batch == 0 { 1 } else { batch });
-    let got = unsafe { take(&raw mut (*bucket).tat_ns, interval, tau, want, clock) };
-    if got == 0 {
-        return false;
+    let open_tau = if trust_on {
+        untrusted_tau(tau, interval)
+    } else {
+        tau
+    };
+    let tat = unsafe { &raw mut (*bucket).tat_ns };
+    let got = unsafe { take(tat, interval, open_tau, want, clock) };
+    if got > 0 {
+        // The cache was empty; keep the rest of the batch.
+        unsafe { write_volatile(tokens, got - 1) };
+        return Verdict::Admitted;
     }
-    // The cache was empty; keep the rest of the batch.
-    unsafe { write_volatile(tokens, got - 1) };
-    true
+    if open_tau < tau && trusted(clock) && unsafe { take(tat, interval, tau, 1, clock) } == 1 {
+        return Verdict::Reserve;
+    }
+    Verdict::Refused
 }
 
 /// Gives back a token [`admit`] took, when a later level refused the SYN.

@@ -9,6 +9,13 @@
 //! counted by reason in the VIP's per-CPU `vip_stats`. Nothing is ever
 //! `XDP_ABORTED`: what cannot be parsed is passed.
 //!
+//! With `[xdp] trustSeconds` on, half of each VIP level's burst is kept for
+//! sources the daemon saw complete a TCP handshake lately (`trusted`,
+//! written by userspace at accept): a flood from spoofed addresses, which
+//! no per-source limit sees, then takes at most the other half and the
+//! refill it wins, and known clients keep connecting. The `trusted` map is
+//! read only for a SYN that a level would refuse otherwise.
+//!
 //! With `[xdp] overflow` set to `rst` or `drop`, a SYN to a VIP whose pool
 //! is saturated (`pool_state`, kept by userspace) is refused before the
 //! levels: answered with a RST ([`rst`], `XDP_TX`) or dropped, and counted
@@ -38,9 +45,10 @@ use aya_ebpf::{
 };
 use lb_common::{
     overflow, BucketCache, PacketCounters, PoolState, RateBucket, SourceBucket, SourceKey,
-    VipCounters, VipKey, VipValue, XdpConfig, BPF_F_MMAPABLE, MAX_BUCKETS, MAX_SOURCES, MAX_VIPS,
+    TrustedSource, VipCounters, VipKey, VipValue, XdpConfig, BPF_F_MMAPABLE, MAX_BUCKETS,
+    MAX_SOURCES, MAX_TRUSTED, MAX_VIPS,
 };
-use limit::Clock;
+use limit::{Clock, Verdict};
 use parse::{Parsed, Syn};
 
 /// Process-wide XDP settings (per-source limit, overflow action). One
@@ -72,6 +80,12 @@ static BUCKET_CACHE: PerCpuArray<BucketCache, { MAX_BUCKETS as usize }> = PerCpu
 /// writes it; shared by all CPUs.
 #[btf_map(name = "sources")]
 static SOURCES: LruHashMap<SourceKey, SourceBucket, { MAX_SOURCES as usize }> = LruHashMap::new();
+
+/// Sources that completed a TCP handshake, and when the daemon last saw
+/// one (`CLOCK_MONOTONIC` ns). LRU. Only userspace writes it, at accept;
+/// the program reads it for a SYN that only a level's reserve can admit.
+#[btf_map(name = "trusted")]
+static TRUSTED: LruHashMap<SourceKey, TrustedSource, { MAX_TRUSTED as usize }> = LruHashMap::new();
 
 /// Per-CPU counts of every verdict by reason. One entry. Only the program
 /// writes; `lb stats` sums the CPUs.
@@ -150,11 +164,27 @@ fn on_syn(ctx: &XdpContext, syn: &Syn, counters: &mut PacketCounters) -> u32 {
             return verdict;
         }
     }
-    if admit(syn, &cfg, &vip, stats, &mut Clock::new()) {
-        count(&raw mut stats.admitted);
-        XDP_PASS
-    } else {
-        XDP_DROP
+    match admit(syn, &cfg, &vip, stats, &mut Clock::new()) {
+        Verdict::Refused => XDP_DROP,
+        Verdict::Admitted => {
+            count(&raw mut stats.admitted);
+            XDP_PASS
+        }
+        Verdict::Reserve => {
+            count(&raw mut stats.admitted);
+            count(&raw mut stats.admitted_trusted);
+            XDP_PASS
+        }
+    }
+}
+
+/// Whether `source` completed a handshake within the last `window` ns.
+#[inline(always)]
+fn is_trusted(source: &SourceKey, window: u64, clock: &mut Clock) -> bool {
+    // SAFETY: the value is copied out at once; userspace may rewrite it.
+    match unsafe { TRUSTED.get(source) } {
+        Some(t) => clock.now() < t.seen_ns.saturating_add(window),
+        None => false,
     }
 }
 
@@ -195,11 +225,16 @@ fn level(index: u32) -> Level {
 }
 
 #[inline(always)]
-fn level_admits(l: Level, clock: &mut Clock) -> bool {
+fn level_admits(
+    l: Level,
+    clock: &mut Clock,
+    trust_on: bool,
+    trusted: &mut impl FnMut(&mut Clock) -> bool,
+) -> Verdict {
     match l {
         // SAFETY: both pointers come from map lookups.
-        Some((b, c)) => unsafe { limit::admit(b, c, clock) },
-        None => true,
+        Some((b, c)) => unsafe { limit::admit(b, c, clock, trust_on, trusted) },
+        None => Verdict::Admitted,
     }
 }
 
@@ -214,7 +249,8 @@ fn level_refund(l: Level) {
 /// Runs the levels in order: source, global, frontend, pool. The first that
 /// refuses counts the drop under its own reason; earlier VIP levels get their
 /// token back, since the SYN never passes. Each refusal bumps its counter
-/// here, at a constant offset, which the verifier can follow.
+/// here, at a constant offset, which the verifier can follow. The verdict
+/// is [`Verdict::Reserve`] when any level admitted from its reserve.
 #[inline(always)]
 fn admit(
     syn: &Syn,
@@ -222,30 +258,43 @@ fn admit(
     vip: &VipValue,
     stats: &mut VipCounters,
     clock: &mut Clock,
-) -> bool {
+) -> Verdict {
     if !source_admits(syn, cfg, clock) {
         count(&raw mut stats.drop_source);
-        return false;
+        return Verdict::Refused;
     }
+    let trust_on = cfg.trust_ns != 0;
+    // Looked up once, and only if a level is down to its reserve.
+    let mut known: Option<bool> = None;
+    let mut trusted = |clock: &mut Clock| {
+        *known.get_or_insert_with(|| is_trusted(&syn.source, cfg.trust_ns, clock))
+    };
     let global = level(lb_common::bucket::GLOBAL);
-    if !level_admits(global, clock) {
+    let g = level_admits(global, clock, trust_on, &mut trusted);
+    if g == Verdict::Refused {
         count(&raw mut stats.drop_global);
-        return false;
+        return Verdict::Refused;
     }
     let frontend = level(vip.frontend_bucket);
-    if !level_admits(frontend, clock) {
+    let f = level_admits(frontend, clock, trust_on, &mut trusted);
+    if f == Verdict::Refused {
         level_refund(global);
         count(&raw mut stats.drop_frontend);
-        return false;
+        return Verdict::Refused;
     }
     let pool = level(vip.pool_bucket);
-    if !level_admits(pool, clock) {
+    let p = level_admits(pool, clock, trust_on, &mut trusted);
+    if p == Verdict::Refused {
         level_refund(global);
         level_refund(frontend);
         count(&raw mut stats.drop_pool);
-        return false;
+        return Verdict::Refused;
     }
-    true
+    if g == Verdict::Reserve || f == Verdict::Reserve || p == Verdict::Reserve {
+        Verdict::Reserve
+    } else {
+        Verdict::Admitted
+    }
 }
 
 #[inline(always)]

@@ -35,4 +35,5 @@ pub mod proxy;
 pub mod run;
 pub mod stats;
 pub mod tls;
+pub mod trust;
 pub mod xdp;

@@ -851,6 +851,23 @@ impl Scrape {
             "XDP verdicts on SYNs to each VIP, by reason.",
             syns,
         )?;
+        let trusted = x
+            .vips
+            .iter()
+            .map(|v| {
+                (
+                    vec![("vip", v.addr.to_string())],
+                    v.total().admitted_trusted,
+                )
+            })
+            .collect();
+        counter(
+            enc,
+            "lb_xdp_syns_admitted_trusted",
+            "Of the SYNs admitted to each VIP: those a maxConnRate level admitted from the half of \
+             its burst kept for trusted sources ([xdp] trustSeconds).",
+            trusted,
+        )?;
         let packets = x
             .per_cpu
             .iter()

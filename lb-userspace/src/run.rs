@@ -230,7 +230,14 @@ pub fn run(cfg: &Config, join: bool) -> Result<()> {
             Sessions::random()
         }
     };
-    let proxy = match Proxy::start(cfg, Arc::clone(&live), sessions, tls.clone()) {
+    let trusted = match &started {
+        Some(s) => Some(Arc::new(
+            crate::trust::TrustMap::open(&s.pin_dir.join(lb_common::maps::TRUSTED))
+                .with_context(|| format!("opening the pinned {} map", lb_common::maps::TRUSTED))?,
+        )),
+        None => None,
+    };
+    let proxy = match Proxy::start(cfg, Arc::clone(&live), sessions, tls.clone(), trusted) {
         Ok(p) => p,
         Err(e) => {
             stop_xdp(started)?;

@@ -127,6 +127,7 @@ fn sum_vip(v: &[VipCounters]) -> VipCounters {
         drop_frontend: a.drop_frontend + c.drop_frontend,
         drop_pool: a.drop_pool + c.drop_pool,
         overflow: a.overflow + c.overflow,
+        admitted_trusted: a.admitted_trusted + c.admitted_trusted,
     })
 }
 
@@ -231,6 +232,7 @@ impl Stats {
                 json!({
                     "vip": v.addr.to_string(),
                     "admitted": t.admitted,
+                    "admitted_trusted": t.admitted_trusted,
                     "dropped": t.dropped(),
                     "drop_source": t.drop_source,
                     "drop_global": t.drop_global,
@@ -297,6 +299,12 @@ impl Stats {
                 "admitted",
                 t.admitted,
                 &mut v.per_cpu.iter().map(|c| c.admitted),
+            );
+            row(
+                &mut out,
+                "  from the reserve (trusted)",
+                t.admitted_trusted,
+                &mut v.per_cpu.iter().map(|c| c.admitted_trusted),
             );
             row(
                 &mut out,
@@ -431,7 +439,8 @@ fn packets_json(c: &Counters) -> Value {
 
 fn vip_json(c: &VipCounters) -> Value {
     json!({
-        "admitted": c.admitted, "drop_source": c.drop_source, "drop_global": c.drop_global,
+        "admitted": c.admitted, "admitted_trusted": c.admitted_trusted,
+        "drop_source": c.drop_source, "drop_global": c.drop_global,
         "drop_frontend": c.drop_frontend, "drop_pool": c.drop_pool,
         "overflow": c.overflow,
     })

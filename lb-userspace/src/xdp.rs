@@ -190,6 +190,7 @@ impl Plan {
                 }
             },
             _pad: 0,
+            trust_ns: cfg.xdp.trust_seconds.0 * 1_000_000_000,
         };
         let mut buckets = vec![(
             bucket::GLOBAL,

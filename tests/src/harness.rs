@@ -127,6 +127,17 @@ impl XdpHarness {
         pools.set(index, state, 0)?;
         Ok(())
     }
+
+    /// Marks `ip`'s source trusted as of `seen_ns` (`CLOCK_MONOTONIC`), as
+    /// a worker does when it accepts a connection from it.
+    ///
+    /// # Errors
+    /// The pinned map could not be opened or written.
+    pub fn trust(&self, ip: std::net::IpAddr, seen_ns: u64) -> Result<()> {
+        let map = lb::trust::TrustMap::open(&self.pins.join(maps::TRUSTED))?;
+        map.write(lb::trust::source_key(ip), seen_ns)?;
+        Ok(())
+    }
 }
 
 impl Drop for XdpHarness {

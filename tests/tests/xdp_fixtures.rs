@@ -27,10 +27,13 @@ const VIP6: [u8; 16] = [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
 const CLIENT6: [u8; 16] = [0x20, 0x01, 0x0d, 0xb8, 0, 9, 0, 0, 0, 0, 0, 0, 0, 0, 0, 7];
 
 /// Per-VIP budgets are tiny so "admitted, then dropped" takes a few packets;
-/// no bucket refills measurably within a test (1 token per second).
+/// no bucket refills measurably within a test (1 token per second). Trust
+/// is off, so an untrusted source may take a whole burst (see
+/// [`half_of_a_burst_is_kept_for_sources_that_completed_a_handshake`]).
 const CONFIG: &str = r#"
 [xdp]
 mode = "off"
+trustSeconds = 0
 [[frontend]]
 name = "v4"
 listen = "10.0.0.1:80"
@@ -218,6 +221,41 @@ fn one_flooding_source_is_dropped_while_another_passes() {
     f.expect("v6 source 1", &syn6(CLIENT6), XDP_PASS, admitted);
     f.expect("v6 same /64", &syn6(same64), XDP_DROP, dropped);
     assert_eq!(f.vip(1).drop_source, 1);
+}
+
+#[test]
+fn half_of_a_burst_is_kept_for_sources_that_completed_a_handshake() {
+    if !have_root("half_of_a_burst_is_kept_for_sources_that_completed_a_handshake") {
+        return;
+    }
+    // The v4 frontend: 4 SYN/s, a burst of 4, trust for 300 s.
+    let cfg = CONFIG
+        .replace("trustSeconds = 0", "trustSeconds = 300")
+        .replacen("maxConnRate = 2", "maxConnRate = 4", 1);
+    let mut f = Fixture::new(&cfg);
+    let syn = |src| packet::v4_tcp(src, VIP4, 80, flags::SYN);
+    // A source never seen to complete a handshake (a spoofed one) gets
+    // half the burst.
+    f.expect("untrusted 1", &syn(CLIENT4), XDP_PASS, admitted);
+    f.expect("untrusted 2", &syn(CLIENT4), XDP_PASS, admitted);
+    f.expect("untrusted 3, half spent", &syn(CLIENT4), XDP_DROP, dropped);
+    // A source a worker accepted a connection from gets the other half.
+    let now = lb::trust::monotonic_ns();
+    f.0.trust(CLIENT4_B.into(), now).expect("trust B");
+    f.expect("trusted 1, reserve", &syn(CLIENT4_B), XDP_PASS, admitted);
+    f.expect("trusted 2, reserve", &syn(CLIENT4_B), XDP_PASS, admitted);
+    f.expect("trusted 3, all spent", &syn(CLIENT4_B), XDP_DROP, dropped);
+    let v = f.vip(0);
+    assert_eq!((v.admitted, v.admitted_trusted, v.drop_frontend), (4, 2, 2));
+
+    // Trust lapses `trustSeconds` after the last accept.
+    let mut g = Fixture::new(&cfg);
+    g.expect("untrusted 1", &syn(CLIENT4), XDP_PASS, admitted);
+    g.expect("untrusted 2", &syn(CLIENT4), XDP_PASS, admitted);
+    g.0.trust(CLIENT4_B.into(), now.saturating_sub(301_000_000_000))
+        .expect("trust B long ago");
+    g.expect("lapsed trust", &syn(CLIENT4_B), XDP_DROP, dropped);
+    assert_eq!(g.vip(0).admitted_trusted, 0);
 }
 
 #[test]

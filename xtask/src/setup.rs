@@ -5,7 +5,8 @@
 //! What is needed and why (see shared/toolchain.md):
 //! - apt: `llvm-22-dev`, `libpolly-22-dev` (bpf-linker links LLVM 22, the LLVM
 //!   of the nightly toolchain), `bpftool` (map dumps, prog runs), `hping3`
-//!   (SYN floods), `iproute2` (namespaces), `nftables` (counting SYNs that
+//!   (SYN floods), `iproute2` (namespaces), `ethtool` (the flood benchmark's
+//!   veth offloads), `nftables` (counting SYNs that
 //!   reach the stack, and the benchmark's peers), `curl`, `h2load`
 //!   (nghttp2-client), `wrk` and `ab` (apache2-utils) (proxy and TLS tests,
 //!   benchmarks), `nginx-light`
@@ -32,6 +33,8 @@ const APT: &[(&str, &str)] = &[
     ("nftables", "/usr/sbin/nft"),
     ("curl", "/usr/bin/curl"),
     ("util-linux", "/usr/bin/nsenter"),
+    // The flood benchmark sets the veths' offloads (GRO on, TSO off).
+    ("ethtool", "/usr/sbin/ethtool"),
     // Real clients and peers of the proxy tests and benchmarks.
     ("nghttp2-client", "/usr/bin/h2load"),
     ("wrk", "/usr/bin/wrk"),

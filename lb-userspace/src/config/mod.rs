@@ -171,6 +171,20 @@ pub struct Xdp {
     /// Pool saturated and queue full: `pass | rst | drop`; default `pass`.
     #[serde(default)]
     pub overflow: Overflow,
+    /// Seconds a source stays trusted after its last completed TCP
+    /// handshake; default 300, 0 = off. While on, half of each
+    /// `maxConnRate` burst (global, frontend, pool) is kept for trusted
+    /// sources: a SYN flood from spoofed addresses gets at most the other
+    /// half, and clients that connected before keep connecting.
+    #[serde(default = "default_trust_seconds")]
+    pub trust_seconds: Ranged<0, MAX_TRUST_SECONDS>,
+}
+
+/// Longest `[xdp] trustSeconds`: a day.
+pub const MAX_TRUST_SECONDS: u64 = 86_400;
+
+fn default_trust_seconds() -> Ranged<0, MAX_TRUST_SECONDS> {
+    Ranged(300)
 }
 
 impl Default for Xdp {
@@ -181,6 +195,7 @@ impl Default for Xdp {
             source_syn_rate: Ranged(0),
             source_syn_burst: None,
             overflow: Overflow::Pass,
+            trust_seconds: default_trust_seconds(),
         }
     }
 }

@@ -8,7 +8,7 @@
 
 use std::{
     sync::{
-        atomic::{AtomicU64, Ordering::Relaxed},
+        atomic::{AtomicBool, AtomicU64, Ordering::Relaxed},
         Arc,
     },
     time::Duration,
@@ -111,6 +111,9 @@ pub struct Live {
     /// Bumped by every [`Live::apply`]; workers rebuild what they derive
     /// from the limits when it moves.
     generation: AtomicU64,
+    /// `[xdp] trustSeconds` is on: workers mark the sources they accept
+    /// trusted (see `crate::trust`).
+    trusting: AtomicBool,
 }
 
 impl Live {
@@ -144,6 +147,7 @@ impl Live {
                 .collect(),
             table,
             generation: AtomicU64::new(0),
+            trusting: AtomicBool::new(false),
         };
         live.apply(cfg);
         live
@@ -162,7 +166,14 @@ impl Live {
             let queue = p.queue.as_ref().map_or(none, |q| (q.depth.0, q.timeout.0));
             s.set(&cfg.profile_of(p), true, queue);
         }
+        self.trusting.store(cfg.xdp.trust_seconds.0 > 0, Relaxed);
         self.generation.fetch_add(1, Relaxed);
+    }
+
+    /// Whether accepted sources are marked trusted (`[xdp] trustSeconds`).
+    #[must_use]
+    pub fn trusting(&self) -> bool {
+        self.trusting.load(Relaxed)
     }
 
     /// Changes since start (see [`Live::apply`]).

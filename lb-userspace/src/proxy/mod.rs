@@ -81,6 +81,9 @@ pub struct Shared {
     pub sessions: Sessions,
     /// Whether refusals carry `lb-limit: <level>/<axis>`.
     pub limit_header: bool,
+    /// The XDP program's `trusted` map, where workers mark the sources
+    /// they accept; `None` without XDP.
+    pub trusted: Option<Arc<crate::trust::TrustMap>>,
 }
 
 /// One frontend on one worker: what its connections need, at hand.
@@ -163,6 +166,7 @@ impl Proxy {
         live: Arc<Live>,
         sessions: Sessions,
         tls: Vec<Option<Arc<crate::tls::FrontendTls>>>,
+        trusted: Option<Arc<crate::trust::TrustMap>>,
     ) -> Result<Self> {
         let cpus = listen::allowed_cpus();
         let n = match cfg.global.workers.0 {
@@ -210,6 +214,7 @@ impl Proxy {
             live,
             sessions,
             limit_header: cfg.global.limit_header,
+            trusted,
         });
         let mut health = Vec::new();
         for (p, pc) in shared.pools.iter().zip(&cfg.pool) {

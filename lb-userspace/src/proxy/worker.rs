@@ -76,6 +76,10 @@ impl Drop for OpenGuard {
 async fn serve(plan: Plan, shared: Arc<Shared>, stop: watch::Receiver<bool>, drain: Duration) {
     let upstreams = Rc::new(Upstreams::default());
     let open = Rc::new(Open::default());
+    let trust = shared
+        .trusted
+        .as_ref()
+        .map(|m| Rc::new(crate::trust::Recorder::new(Arc::clone(m))));
     let mut accepting = Vec::new();
     for (f, std_listener) in plan.listeners.into_iter().enumerate() {
         let listener = match TcpListener::from_std(std_listener) {
@@ -104,6 +108,7 @@ async fn serve(plan: Plan, shared: Arc<Shared>, stop: watch::Receiver<bool>, dra
             ctx,
             stop.clone(),
             Rc::clone(&open),
+            trust.clone(),
         )));
     }
     stopped(stop).await;
@@ -137,6 +142,7 @@ async fn accept_loop(
     ctx: Rc<FrontendCtx>,
     stop: watch::Receiver<bool>,
     open: Rc<Open>,
+    trust: Option<Rc<crate::trust::Recorder>>,
 ) {
     let counters = &ctx.shared.workers[ctx.worker];
     let mut last_error_log: Option<std::time::Instant> = None;
@@ -169,6 +175,12 @@ async fn accept_loop(
             }
         };
         counters.accepted.fetch_add(1, Relaxed);
+        // The handshake completed: the address is real (`[xdp] trustSeconds`).
+        if let Some(t) = &trust {
+            if live.trusting() {
+                t.note(peer.ip());
+            }
+        }
         let fc = ctx.counters();
         fc.accepted.fetch_add(1, Relaxed);
         fc.active.fetch_add(1, Relaxed);

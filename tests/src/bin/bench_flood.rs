@@ -212,6 +212,7 @@ impl Plan {
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Setup {
     Lb,
+    LbNoTrust,
     LbOpen,
     NftMeter,
     NftGlobal,
@@ -219,8 +220,9 @@ enum Setup {
 }
 
 impl Setup {
-    const ALL: [Self; 5] = [
+    const ALL: [Self; 6] = [
         Self::Lb,
+        Self::LbNoTrust,
         Self::LbOpen,
         Self::NftMeter,
         Self::NftGlobal,
@@ -230,6 +232,7 @@ impl Setup {
     fn name(self) -> &'static str {
         match self {
             Self::Lb => "lb",
+            Self::LbNoTrust => "lb, trustSeconds = 0",
             Self::LbOpen => "lb, pool maxConnRate off",
             Self::NftMeter => BASELINE,
             Self::NftGlobal => "HAProxy + nftables (global limit)",
@@ -241,8 +244,13 @@ impl Setup {
         match self {
             Self::Lb => format!(
                 "XDP (driver mode): `sourceSynRate = {SOURCE_RATE}` (burst {SOURCE_RATE}); the \
-                 default pool profile (`maxConnRate` 10 000/s, burst one second's worth)"
+                 default pool profile (`maxConnRate` 10 000/s, burst one second's worth); \
+                 `trustSeconds` at its default (300): half of the burst is kept for sources \
+                 that completed a handshake"
             ),
+            Self::LbNoTrust => "as `lb`, but `[xdp] trustSeconds = 0`: every source may \
+                 spend the whole pool budget, spoofed or not"
+                .to_owned(),
             Self::LbOpen => format!(
                 "as `lb`, but the pool's profile sets `maxConnRate = 0` (no per-VIP SYN \
                  budget): only `sourceSynRate = {SOURCE_RATE}`"
@@ -264,7 +272,7 @@ impl Setup {
     }
 
     fn is_lb(self) -> bool {
-        matches!(self, Self::Lb | Self::LbOpen)
+        matches!(self, Self::Lb | Self::LbNoTrust | Self::LbOpen)
     }
 
     fn index(self) -> usize {
@@ -275,6 +283,7 @@ impl Setup {
     fn config_file(self) -> &'static str {
         match self {
             Self::Lb => "lb.toml",
+            Self::LbNoTrust => "lb-no-trust.toml",
             Self::LbOpen => "lb-open.toml",
             _ => "haproxy.cfg",
         }
@@ -310,7 +319,7 @@ impl Setup {
 }
 
 /// The order of round `r`: rotated, so no setup always runs first.
-fn round_order(r: usize) -> [Setup; 5] {
+fn round_order(r: usize) -> [Setup; 6] {
     let mut s = Setup::ALL;
     s.rotate_left(r % Setup::ALL.len());
     s
@@ -399,6 +408,7 @@ fn lb_toml(setup: Setup, c: &Cert, iface: &str, instance: &str) -> String {
          # the one-source flood. The same rate as the nftables meter.\n\
          sourceSynRate = {SOURCE_RATE}\n\
          sourceSynBurst = {SOURCE_RATE}\n\
+         {trust}\
          [[frontend]]\n\
          name = \"web\"\n\
          listen = \"{VIP_IP}:{PORT}\"\n\
@@ -410,6 +420,12 @@ fn lb_toml(setup: Setup, c: &Cert, iface: &str, instance: &str) -> String {
          {profile_line}{profile}",
         cert = c.cert.display(),
         key = c.key.display(),
+        trust = if setup == Setup::LbNoTrust {
+            "# No source is trusted: the whole budget is open to spoofed SYNs.\n\
+             trustSeconds = 0\n"
+        } else {
+            ""
+        },
     )
 }
 
@@ -847,7 +863,11 @@ fn start(ctx: &Ctx, setup: Setup, log: &mut Log) -> Result<Running> {
     let (name, a, instance) = if setup.is_lb() {
         // The same name each run (lb stops before the next starts), so the
         // config and the `lb stats` line repeat exactly.
-        let open = if setup == Setup::LbOpen { "o" } else { "" };
+        let open = match setup {
+            Setup::LbOpen => "o",
+            Setup::LbNoTrust => "n",
+            _ => "",
+        };
         let instance = format!("bflood{open}{}", std::process::id());
         let toml = ctx.dir.write(
             setup.config_file(),
@@ -1534,7 +1554,7 @@ fn versions() -> Vec<(String, String)> {
 struct Report<'a> {
     quick: bool,
     plan: &'a Plan,
-    samples: &'a [Samples; 5],
+    samples: &'a [Samples; 6],
     commands: &'a [String],
     configs_dir: &'a Path,
     elapsed: Duration,
@@ -1612,13 +1632,20 @@ impl Report<'_> {
             target_met(k(Setup::Lb, rnd), k(Setup::NftMeter, rnd)),
         );
         let nft = |t: Setup, f: Pick, i: usize| f(self.s(t)).dropped[i];
+        let untrusting = self.s(Setup::LbNoTrust);
         let budget = if lb.random.dropped[1] > 0 {
             format!(
-                "lb's pool budget ({GLOBAL_RATE} SYNs/s) dropped {} of the flood's {} SYNs and \
-                 the real clients' SYNs with them (a dropped SYN is retried after 1 s, then 3 s); \
-                 the global nftables limit dropped {} and does the same to HAProxy's clients.",
+                "lb's pool budget ({GLOBAL_RATE} SYNs/s) dropped {} of the flood's {} SYNs; the \
+                 real client completed handshakes before the flood, so its source is trusted \
+                 and its SYNs may take the half of the budget no spoofed SYN can. With \
+                 `trustSeconds = 0` the budget dropped {} of {} and the real client's SYNs with \
+                 them (a dropped SYN is retried after 1 s, then 3 s): lb kept {:.0}%. The global \
+                 nftables limit dropped {} and does that to HAProxy's clients.",
                 lb.random.dropped[1],
                 lb.random.sent,
+                untrusting.random.dropped[1],
+                untrusting.random.sent,
+                k(Setup::LbNoTrust, rnd),
                 nft(Setup::NftGlobal, rnd, 1)
             )
         } else {
@@ -2035,8 +2062,8 @@ fn copy_configs(dir: &Scratch, to: &Path) -> Result<()> {
 
 // ---- main ------------------------------------------------------------------------
 
-fn measure(ctx: &Ctx, log: &mut Log) -> Result<[Samples; 5]> {
-    let mut samples: [Samples; 5] = Default::default();
+fn measure(ctx: &Ctx, log: &mut Log) -> Result<[Samples; 6]> {
+    let mut samples: [Samples; 6] = Default::default();
     for r in 0..ctx.plan.runs {
         for t in round_order(r) {
             check_stop()?;
