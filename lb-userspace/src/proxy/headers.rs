@@ -3,9 +3,12 @@
 //! ([`Forwarding`], formatted once per client connection).
 //! Pure functions over `http::HeaderMap`, tested here.
 
-use std::net::IpAddr;
+use std::{cell::RefCell, net::IpAddr};
 
-use http::{header, HeaderMap, HeaderName, HeaderValue};
+use http::{
+    header::{self, Entry},
+    HeaderMap, HeaderName, HeaderValue,
+};
 
 /// Headers that describe one hop, never forwarded (RFC 9110 7.6.1), plus
 /// the non-standard ones proxies also drop. Names, not strings: removing by
@@ -27,23 +30,33 @@ const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto
 /// Removes hop-by-hop headers, including every header the `Connection`
 /// header names. `Transfer-Encoding` is left to hyper, which owns framing
 /// on each side.
+///
+/// One pass over the names finds those present (comparing a standard
+/// name is comparing a tag), so a message without any costs no hashing,
+/// and one with some removes only those: removing each of the nine names
+/// blindly was a tenth of a keep-alive request's own instructions.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    if headers.contains_key(header::CONNECTION) {
-        let named: Vec<HeaderName> = headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-            .collect();
-        for name in named {
-            headers.remove(name);
-        }
+    let mut present: Vec<HeaderName> = headers
+        .keys()
+        .filter(|k| *k == header::TRANSFER_ENCODING || HOP_BY_HOP.contains(k))
+        .cloned()
+        .collect();
+    if present.is_empty() {
+        return;
     }
-    for name in &HOP_BY_HOP {
+    if present.contains(&header::CONNECTION) {
+        present.extend(
+            headers
+                .get_all(header::CONNECTION)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(','))
+                .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok()),
+        );
+    }
+    for name in present {
         headers.remove(name);
     }
-    headers.remove(header::TRANSFER_ENCODING);
 }
 
 /// The forwarding headers of one client connection, formatted once when
@@ -57,6 +70,10 @@ pub struct Forwarding {
     /// The element as a value, for requests without a `Host`.
     element_value: HeaderValue,
     proto: HeaderValue,
+    /// The last `Host` seen and the `Forwarded` value made for it: the
+    /// requests of a keep-alive connection nearly always name the same
+    /// host, and the value is then cloned, not formatted and checked again.
+    last_host: RefCell<Option<(HeaderValue, HeaderValue)>>,
 }
 
 impl Forwarding {
@@ -76,6 +93,7 @@ impl Forwarding {
                 .unwrap_or(HeaderValue::from_static("for=unknown")),
             element,
             proto: HeaderValue::from_static(proto),
+            last_host: RefCell::new(None),
         }
     }
 
@@ -83,32 +101,50 @@ impl Forwarding {
     /// existing values) and to `Forwarded` (RFC 7239, with `proto` and
     /// `host`), and sets `X-Forwarded-Proto`.
     pub fn apply(&self, headers: &mut HeaderMap) {
-        if headers.contains_key(&X_FORWARDED_FOR) {
-            let ip = self.ip.to_str().unwrap_or("unknown");
-            if let Ok(v) = HeaderValue::from_str(&join_existing(headers, &X_FORWARDED_FOR, ip)) {
-                headers.insert(X_FORWARDED_FOR, v);
+        match headers.entry(X_FORWARDED_FOR) {
+            Entry::Vacant(v) => {
+                v.insert(self.ip.clone());
             }
-        } else {
-            headers.insert(X_FORWARDED_FOR, self.ip.clone());
+            Entry::Occupied(_) => {
+                let ip = self.ip.to_str().unwrap_or("unknown");
+                if let Ok(v) = HeaderValue::from_str(&join_existing(headers, &X_FORWARDED_FOR, ip))
+                {
+                    headers.insert(X_FORWARDED_FOR, v);
+                }
+            }
         }
         headers.insert(X_FORWARDED_PROTO, self.proto.clone());
-        let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
-        if host.is_none() && !headers.contains_key(header::FORWARDED) {
-            headers.insert(header::FORWARDED, self.element_value.clone());
-            return;
+        let forwarded = headers.contains_key(header::FORWARDED);
+        let host_value = headers.get(header::HOST);
+        if !forwarded {
+            let cached = match (host_value, &*self.last_host.borrow()) {
+                (None, _) => Some(self.element_value.clone()),
+                (Some(h), Some((last, value))) if h == last => Some(value.clone()),
+                _ => None,
+            };
+            if let Some(v) = cached {
+                headers.insert(header::FORWARDED, v);
+                return;
+            }
         }
+        let host = host_value.and_then(|h| h.to_str().ok());
         let mut element = String::with_capacity(self.element.len() + 64);
         element.push_str(&self.element);
         if let Some(host) = host {
             element.push_str(";host=");
             push_forwarded_value(&mut element, host);
         }
-        let value = if headers.contains_key(header::FORWARDED) {
+        let value = if forwarded {
             join_existing(headers, &header::FORWARDED, &element)
         } else {
             element
         };
         if let Ok(v) = HeaderValue::from_str(&value) {
+            if !forwarded {
+                if let Some(h) = host_value {
+                    *self.last_host.borrow_mut() = Some((h.clone(), v.clone()));
+                }
+            }
             headers.insert(header::FORWARDED, v);
         }
     }
@@ -195,6 +231,24 @@ mod tests {
             h["forwarded"],
             "for=\"[2001:db8::7]\";proto=http;host=\"example.test:8080\""
         );
+    }
+
+    #[test]
+    fn a_connection_reuses_its_forwarded_value_only_for_the_same_host() {
+        let fwd = Forwarding::new("192.0.2.1".parse().unwrap(), "https");
+        let apply = |host: &str| {
+            let mut h = map(&[("host", host), ("connection", "close")]);
+            strip_hop_by_hop(&mut h);
+            fwd.apply(&mut h);
+            h["forwarded"].to_str().unwrap().to_owned()
+        };
+        assert_eq!(apply("a.test"), "for=192.0.2.1;proto=https;host=a.test");
+        assert_eq!(apply("a.test"), "for=192.0.2.1;proto=https;host=a.test");
+        assert_eq!(apply("b.test"), "for=192.0.2.1;proto=https;host=b.test");
+        assert_eq!(apply("a b"), "for=192.0.2.1;proto=https;host=\"a b\"");
+        let mut none = HeaderMap::new();
+        fwd.apply(&mut none);
+        assert_eq!(none["forwarded"], "for=192.0.2.1;proto=https");
     }
 
     #[test]

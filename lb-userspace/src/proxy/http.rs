@@ -450,7 +450,12 @@ async fn forward(
             .and_then(|id| pool.backend_by_id(id)),
     };
     prepare_request(&mut parts, fwd, settings.protocol);
-    let replay = (idempotent(&parts.method) && body.is_end_stream()).then(|| {
+    // A bodiless idempotent request may go to another backend when the
+    // first took it and never answered. An HTTP/1.1 backend connection
+    // hands it back then (`Sent::Lost`); hyper's HTTP/2 client does not,
+    // so for an HTTP/2 pool a copy is kept.
+    let replayable = idempotent(&parts.method) && body.is_end_stream();
+    let replay = (replayable && settings.protocol == BackendProtocol::H2).then(|| {
         let mut r = Request::new(());
         *r.method_mut() = parts.method.clone();
         *r.uri_mut() = parts.uri.clone();
@@ -519,9 +524,16 @@ async fn forward(
                 tracing::debug!(pool = %pool.name, backend = %addr, %error, "backend request failed");
                 // Sent already: only a bodiless idempotent request that got
                 // no response byte may go again.
-                if replay.is_none() || answered {
+                if !replayable || answered {
                     break;
                 }
+            }
+            Sent::Lost(request, error) => {
+                tracing::debug!(pool = %pool.name, backend = %addr, %error, "backend request failed");
+                if !replayable {
+                    break;
+                }
+                req = Some(request);
             }
         }
     }
@@ -623,6 +635,8 @@ fn cookie<'a>(headers: &'a http::HeaderMap, name: &'a str) -> Option<&'a str> {
 enum Sent {
     Response(http::response::Parts, Upstream),
     Unsent(Request<ReqBody>),
+    /// Sent without a body, never answered, handed back.
+    Lost(Request<ReqBody>, String),
     TimedOut,
     /// Sent; `answered` if response bytes came back (then never replayed).
     Failed {
@@ -637,6 +651,7 @@ async fn send(sender: Sender, req: Request<ReqBody>, timeout: Duration) -> Sent 
             Err(_) => Sent::TimedOut,
             Ok(Ok(resp)) => Sent::Response(resp.head, Upstream::H1(resp.body)),
             Ok(Err(h1::SendError::Unsent(req, _))) => Sent::Unsent(*req),
+            Ok(Err(h1::SendError::Lost(req, error))) => Sent::Lost(*req, error.to_string()),
             Ok(Err(h1::SendError::Failed { error, answered })) => Sent::Failed {
                 error: error.to_string(),
                 answered,
