@@ -286,6 +286,49 @@ fn rate_holds_within_ten_percent_when_syns_are_spread_over_all_cpus() {
     );
 }
 
+/// `lb` (tcp mode, pool `maxConnRate = rate`, `xdp_extra` in `[xdp]`) in
+/// front of a real listener in its namespace: lb, the VIP, the listener.
+fn lb_with_backend(
+    t: &Topology,
+    tmp: &ScratchDir,
+    instance: &str,
+    rate: u64,
+    xdp_extra: &str,
+) -> (Lb, SocketAddr, Listener) {
+    let lb = Lb::start(
+        Some(&t.lbns),
+        &tmp.join("lb.toml"),
+        &config(instance, &t.iface, rate, xdp_extra),
+    )
+    .expect("lb run");
+    let vip: SocketAddr = format!("{VIP}:{PORT}").parse().expect("vip");
+    let backend: SocketAddr = format!("{VIP}:{BACKEND_PORT}").parse().expect("backend");
+    let server = Listener::spawn(t.lbns.name(), backend).expect("listener");
+    (lb, vip, server)
+}
+
+/// hping3 from the client namespace in a thread: `count` SYNs to the VIP,
+/// one every 100 µs, from `source` (`-a ADDR` or `--rand-source`), bounded
+/// by `timeout 30`. The thread returns hping3's exit status.
+fn flood_in_background(
+    t: &Topology,
+    source: &[&'static str],
+    count: u32,
+) -> std::thread::JoinHandle<std::io::Result<std::process::ExitStatus>> {
+    let client = t.client.name().to_owned();
+    let source = source.to_vec();
+    std::thread::spawn(move || {
+        std::process::Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{client}"))
+            .args(["timeout", "30", "hping3", "-q", "-S", "-p", "8080"])
+            .args(source)
+            .args(["-i", "u100", "-c", &count.to_string(), VIP])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+    })
+}
+
 #[test]
 fn a_second_client_connects_while_one_source_floods() {
     let test = "a_second_client_connects_while_one_source_floods";
@@ -295,37 +338,15 @@ fn a_second_client_connects_while_one_source_floods() {
     let tmp = ScratchDir::new("lb-flood");
     let t = topo();
     let instance = format!("fair{}", t.tag);
-    let mut lb = Lb::start(
-        Some(&t.lbns),
-        &tmp.join("lb.toml"),
-        &config(
-            &instance,
-            &t.iface,
-            1000,
-            "sourceSynRate = 50\nsourceSynBurst = 50",
-        ),
-    )
-    .expect("lb run");
-
-    // lb proxies the VIP (tcp mode) to a real listener in its namespace.
-    let vip: SocketAddr = format!("{VIP}:{PORT}").parse().expect("vip");
-    let backend: SocketAddr = format!("{VIP}:{BACKEND_PORT}").parse().expect("backend");
-    let server = Listener::spawn(t.lbns.name(), backend).expect("listener");
+    let (mut lb, vip, server) = lb_with_backend(
+        &t,
+        &tmp,
+        &instance,
+        1000,
+        "sourceSynRate = 50\nsourceSynBurst = 50",
+    );
     // The flood: ~5 s at ~10 000 SYN/s from one address.
-    let flooder = {
-        let client = t.client.name().to_owned();
-        std::thread::spawn(move || {
-            std::process::Command::new("nsenter")
-                .arg(format!("--net=/run/netns/{client}"))
-                .args([
-                    "timeout", "30", "hping3", "-q", "-S", "-p", "8080", "-a", FLOODER,
-                ])
-                .args(["-i", "u100", "-c", "50000", VIP])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status()
-        })
-    };
+    let flooder = flood_in_background(&t, &["-a", FLOODER], 50_000);
     std::thread::sleep(Duration::from_millis(500));
 
     // Meanwhile, ordinary connections from the second address.
@@ -400,15 +421,7 @@ fn a_client_that_connected_before_keeps_connecting_through_a_spoofed_flood() {
     let t = topo();
     let instance = format!("trust{}", t.tag);
     // A pool budget of 200 SYN/s (burst 200), trust on (the default).
-    let mut lb = Lb::start(
-        Some(&t.lbns),
-        &tmp.join("lb.toml"),
-        &config(&instance, &t.iface, 200, ""),
-    )
-    .expect("lb run");
-    let vip: SocketAddr = format!("{VIP}:{PORT}").parse().expect("vip");
-    let backend: SocketAddr = format!("{VIP}:{BACKEND_PORT}").parse().expect("backend");
-    let server = Listener::spawn(t.lbns.name(), backend).expect("listener");
+    let (mut lb, vip, server) = lb_with_backend(&t, &tmp, &instance, 200, "");
 
     // Once before the flood: lb accepts it, so the client's address is
     // trusted from then on.
@@ -417,27 +430,7 @@ fn a_client_that_connected_before_keeps_connecting_through_a_spoofed_flood() {
 
     // ~3 s at ~10 000 SYN/s, each from a random address: fifty times the
     // budget, and no per-source limit can see it.
-    let flooder = {
-        let client = t.client.name().to_owned();
-        std::thread::spawn(move || {
-            std::process::Command::new("nsenter")
-                .arg(format!("--net=/run/netns/{client}"))
-                .args([
-                    "timeout",
-                    "30",
-                    "hping3",
-                    "-q",
-                    "-S",
-                    "-p",
-                    "8080",
-                    "--rand-source",
-                ])
-                .args(["-i", "u100", "-c", "30000", VIP])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status()
-        })
-    };
+    let flooder = flood_in_background(&t, &["--rand-source"], 30_000);
     std::thread::sleep(Duration::from_millis(500));
     let retrans_before = syn_retransmits(&t);
     let results = run_in(t.client.name(), move || {
