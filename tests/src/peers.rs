@@ -1,7 +1,8 @@
 //! What the benchmark tools (`lb-bench-*`) share: a scratch directory, the
 //! peers they start and stop by pid ([`Daemon`]) and their process trees,
-//! CPU time read from /proc, free ports, and how lb's version and a path
-//! are shown in a report.
+//! CPU time read from /proc, free ports, how lb's version and a path are
+//! shown in a report, the `lb` binary they run and the certificate they
+//! serve.
 
 use std::{
     net::{SocketAddr, TcpListener, TcpStream},
@@ -323,4 +324,83 @@ pub fn shown_path(path: &Path) -> PathBuf {
         (Ok(r), Ok(p)) => p.strip_prefix(&r).map_or(p.clone(), Path::to_path_buf),
         _ => path.to_path_buf(),
     }
+}
+
+/// The release `lb` a benchmark runs: `$LB_BIN`, or `target/release/lb`;
+/// canonical, so the report's command lines show no `tests/..`.
+///
+/// # Errors
+/// No binary there; the message says how to get one (`bench`: the
+/// benchmark's name, for `cargo xtask bench NAME`).
+pub fn lb_bin(bench: &str) -> Result<PathBuf> {
+    let p = std::env::var_os("LB_BIN").map_or_else(
+        || Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release/lb"),
+        PathBuf::from,
+    );
+    ensure!(
+        p.exists(),
+        "no lb binary at {}: run through `cargo xtask bench {bench}`, set LB_BIN, or \
+         `cargo build --release -p lb-userspace --bin lb`",
+        p.display()
+    );
+    Ok(std::fs::canonicalize(&p).unwrap_or(p))
+}
+
+/// The name the benchmarks' certificate is made for (and the SNI their
+/// clients send).
+pub const CERT_NAME: &str = "bench.test";
+
+/// The certificate files `lb cert gen` writes, and the certificate and key
+/// in one PEM for HAProxy's `crt`.
+pub struct Cert {
+    /// `bench.test.pem`.
+    pub cert: PathBuf,
+    /// `bench.test.key`.
+    pub key: PathBuf,
+    /// Both, concatenated.
+    pub combined: PathBuf,
+}
+
+/// `lb cert gen --name bench.test --dir DIR/cert` with `bin`, and the
+/// combined PEM; returns the command it ran too, for the report.
+///
+/// # Errors
+/// `lb cert gen` failed, or a file could not be read or written.
+pub fn make_cert(bin: &Path, dir: &Scratch) -> Result<(Cert, Vec<String>)> {
+    let to = dir.0.join("cert");
+    std::fs::create_dir_all(&to).with_context(|| format!("creating {}", to.display()))?;
+    let a = argv(&[
+        &bin.to_string_lossy(),
+        "cert",
+        "gen",
+        "--name",
+        CERT_NAME,
+        "--dir",
+        &to.to_string_lossy(),
+    ]);
+    let out = Command::new(&a[0])
+        .args(&a[1..])
+        .output()
+        .context("running lb cert gen")?;
+    ensure!(
+        out.status.success(),
+        "{} failed ({}): {}",
+        shell_line(&a),
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let cert = to.join(format!("{CERT_NAME}.pem"));
+    let key = to.join(format!("{CERT_NAME}.key"));
+    let combined = to.join(format!("{CERT_NAME}.combined.pem"));
+    let mut both = std::fs::read_to_string(&cert).context("reading the certificate")?;
+    both.push_str(&std::fs::read_to_string(&key).context("reading the key")?);
+    std::fs::write(&combined, both).context("writing the combined PEM")?;
+    Ok((
+        Cert {
+            cert,
+            key,
+            combined,
+        },
+        a,
+    ))
 }

@@ -54,8 +54,8 @@ use lb_tests::{
     harness::pin_to_cpu,
     netns::{Netns, Topology},
     peers::{
-        argv, background_load, busy_pct, cpu_ticks, nginx_argv, shell_line, stat_fields, Daemon,
-        Scratch,
+        argv, background_load, busy_pct, cpu_ticks, lb_bin, make_cert, nginx_argv, shell_line,
+        stat_fields, Cert, Daemon, Scratch, CERT_NAME,
     },
     report::{clk_tck, cpu_and_kernel, first_line, fmt, ratio, summarize},
     results::{self, Comparison, Results, Row},
@@ -90,7 +90,6 @@ const GLOBAL_RATE: u32 = 10_000;
 const FLOOD_RATE: u32 = 20_000;
 /// ab's concurrency.
 const CONC: u32 = 4;
-const CERT_NAME: &str = "bench.test";
 /// The nftables table every filtered setup loads in the server namespace.
 const NFT_TABLE: &str = "lbflood";
 /// Priority of the NAPI threads (SCHED_FIFO).
@@ -327,13 +326,6 @@ fn round_order(r: usize) -> [Setup; 6] {
 
 // ---- the configs -------------------------------------------------------------
 
-/// The certificate files (lb cert gen), and the cert + key PEM for HAProxy.
-struct Cert {
-    cert: PathBuf,
-    key: PathBuf,
-    combined: PathBuf,
-}
-
 fn backend_conf() -> String {
     format!(
         "# The backend: plain HTTP in the server namespace, CPU {LOAD_CPU}.\n\
@@ -478,47 +470,6 @@ impl Log {
             self.0.push(line);
         }
     }
-}
-
-fn lb_bin() -> Result<PathBuf> {
-    let p = std::env::var_os("LB_BIN").map_or_else(
-        || Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release/lb"),
-        PathBuf::from,
-    );
-    ensure!(
-        p.exists(),
-        "no lb binary at {}: run through `cargo xtask bench flood`, set LB_BIN, or \
-         `cargo build --release -p lb-userspace --bin lb`",
-        p.display()
-    );
-    // Without `tests/..` in the report's command lines.
-    Ok(std::fs::canonicalize(&p).unwrap_or(p))
-}
-
-/// `lb cert gen --name bench.test --dir DIR/cert`, and the combined PEM.
-fn make_cert(bin: &Path, dir: &Scratch, log: &mut Log) -> Result<Cert> {
-    let to = dir.0.join("cert");
-    std::fs::create_dir_all(&to).with_context(|| format!("creating {}", to.display()))?;
-    log.run(&argv(&[
-        &bin.to_string_lossy(),
-        "cert",
-        "gen",
-        "--name",
-        CERT_NAME,
-        "--dir",
-        &to.to_string_lossy(),
-    ]))?;
-    let cert = to.join(format!("{CERT_NAME}.pem"));
-    let key = to.join(format!("{CERT_NAME}.key"));
-    let combined = to.join(format!("{CERT_NAME}.combined.pem"));
-    let mut both = std::fs::read_to_string(&cert).context("reading the certificate")?;
-    both.push_str(&std::fs::read_to_string(&key).context("reading the key")?);
-    std::fs::write(&combined, both).context("writing the combined PEM")?;
-    Ok(Cert {
-        cert,
-        key,
-        combined,
-    })
 }
 
 // ---- the network ---------------------------------------------------------------
@@ -2114,10 +2065,11 @@ fn main() -> Result<()> {
             background[0], background[1]
         );
     }
-    let bin = lb_bin()?;
+    let bin = lb_bin("flood")?;
     let dir = Scratch::new("lb-bench-flood")?;
     let mut log = Log::default();
-    let cert = make_cert(&bin, &dir, &mut log)?;
+    let (cert, gen) = make_cert(&bin, &dir)?;
+    log.note(&gen);
     let net = Net::new(&dir, &mut log)?;
     let conf = dir.write("backend.conf", &backend_conf())?;
     let backend = Daemon::spawn(

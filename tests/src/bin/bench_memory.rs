@@ -41,8 +41,8 @@ use std::{
 
 use anyhow::{bail, ensure, Context as _, Result};
 use lb_tests::peers::{
-    argv, background_load, lb_version, nginx_argv, port_free, shell_line, shown_path, tree_pids,
-    Daemon, Scratch,
+    argv, background_load, lb_bin, lb_version, make_cert, nginx_argv, port_free, shell_line,
+    shown_path, tree_pids, Cert, Daemon, Scratch, CERT_NAME,
 };
 use lb_tests::results::{self, Comparison, Results, Row};
 use lb_tests::tls::any_cert;
@@ -62,7 +62,6 @@ const CLIENT_CPU: usize = 1;
 /// The plain HTTP backend every peer proxies to.
 const BACKEND_PORT: u16 = 18481;
 /// The certificate's name, also the client's SNI and Host.
-const CERT_NAME: &str = "bench.test";
 /// Connections the client has between connect and response at once.
 const IN_FLIGHT: usize = 64;
 /// A connection not idle (answered) this long after its connect failed.
@@ -212,13 +211,6 @@ impl Peer {
 }
 
 // ---- the configs -----------------------------------------------------------
-
-/// The certificate files (lb cert gen), and the cert + key PEM for HAProxy.
-struct Cert {
-    cert: PathBuf,
-    key: PathBuf,
-    combined: PathBuf,
-}
 
 fn backend_conf() -> String {
     format!(
@@ -373,68 +365,12 @@ fn lb_toml(c: &Cert) -> String {
 
 // ---- processes -----------------------------------------------------------
 
-fn lb_bin() -> Result<PathBuf> {
-    let p = std::env::var_os("LB_BIN").map_or_else(
-        || Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release/lb"),
-        PathBuf::from,
-    );
-    let p = std::fs::canonicalize(&p).unwrap_or(p);
-    ensure!(
-        p.exists(),
-        "no lb binary at {}: build it (`cargo build --release -p lb-userspace --bin lb`), or \
-         set LB_BIN",
-        p.display()
-    );
-    Ok(p)
-}
-
-/// `lb cert gen --name bench.test --dir DIR/cert`, and the combined PEM.
-fn make_cert(dir: &Scratch) -> Result<(Cert, String)> {
-    let bin = lb_bin()?;
-    let to = dir.0.join("cert");
-    std::fs::create_dir_all(&to).with_context(|| format!("creating {}", to.display()))?;
-    let a = argv(&[
-        &bin.to_string_lossy(),
-        "cert",
-        "gen",
-        "--name",
-        CERT_NAME,
-        "--dir",
-        &to.to_string_lossy(),
-    ]);
-    let out = Command::new(&a[0])
-        .args(&a[1..])
-        .output()
-        .context("running lb cert gen")?;
-    ensure!(
-        out.status.success(),
-        "{} failed ({}): {}",
-        shell_line(&a),
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let cert = to.join(format!("{CERT_NAME}.pem"));
-    let key = to.join(format!("{CERT_NAME}.key"));
-    let combined = to.join(format!("{CERT_NAME}.combined.pem"));
-    let mut both = std::fs::read_to_string(&cert).context("reading the certificate")?;
-    both.push_str(&std::fs::read_to_string(&key).context("reading the key")?);
-    std::fs::write(&combined, both).context("writing the combined PEM")?;
-    Ok((
-        Cert {
-            cert,
-            key,
-            combined,
-        },
-        shell_line(&a),
-    ))
-}
-
 /// The argv that starts `peer` with its config in `dir` (without taskset).
 fn peer_argv(peer: Peer, dir: &Scratch) -> Result<Vec<String>> {
     let cfg = dir.0.join(peer.config());
     Ok(match peer {
         Peer::Lb => argv(&[
-            &lb_bin()?.to_string_lossy(),
+            &lb_bin("memory")?.to_string_lossy(),
             "run",
             "-c",
             &cfg.to_string_lossy(),
@@ -1593,7 +1529,8 @@ fn main() -> Result<()> {
     eprintln!("bench memory: configs and logs in {}", dir.0.display());
     let me = std::env::current_exe().map_or_else(|_| "bench_memory".into(), |p| shown_path(&p));
     let mut commands = vec![("this benchmark".to_owned(), this_command(&o, &me))];
-    let (cert, gen_line) = make_cert(&dir)?;
+    let (cert, gen) = make_cert(&lb_bin("memory")?, &dir)?;
+    let gen_line = shell_line(&gen);
     commands.push(("the certificate".to_owned(), gen_line));
     dir.write("haproxy.cfg", &haproxy_cfg(&cert))?;
     dir.write("nginx.conf", &nginx_conf(&cert))?;

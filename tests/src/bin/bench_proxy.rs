@@ -24,8 +24,8 @@ use std::{
 
 use anyhow::{bail, ensure, Context as _, Result};
 use lb_tests::peers::{
-    argv, background_load, busy_pct, cpu_ticks, lb_version, nginx_argv, port_free, shell_line,
-    stat_fields, tree_pids, Daemon, Scratch,
+    argv, background_load, busy_pct, cpu_ticks, lb_bin, lb_version, nginx_argv, port_free,
+    shell_line, stat_fields, tree_pids, Daemon, Scratch,
 };
 use lb_tests::{
     harness::pin_to_cpu,
@@ -313,19 +313,6 @@ impl Drop for Fleet {
     }
 }
 
-fn lb_bin() -> Result<PathBuf> {
-    let p = std::env::var_os("LB_BIN").map_or_else(
-        || Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release/lb"),
-        PathBuf::from,
-    );
-    ensure!(
-        p.exists(),
-        "no lb binary at {}: run through `cargo xtask bench proxy`, or set LB_BIN",
-        p.display()
-    );
-    Ok(p)
-}
-
 /// Writes the configs and starts both backends and the three peers.
 fn start_fleet(dir: &Scratch) -> Result<Fleet> {
     for port in BACKEND_PORTS
@@ -360,7 +347,7 @@ fn start_fleet(dir: &Scratch) -> Result<Fleet> {
     fleet.last()?.wait_ready(Target::Nginx.port(), None)?;
 
     let toml = dir.write("lb.toml", &lb_toml())?;
-    let bin = lb_bin()?;
+    let bin = lb_bin("proxy")?;
     let d = Daemon::spawn(
         "lb",
         PROXY_CPU,

@@ -38,8 +38,9 @@ use std::{
 
 use anyhow::{bail, ensure, Context as _, Result};
 use lb_tests::peers::{
-    argv, background_load, busy_pct, cpu_ticks, lb_version, nginx_argv, port_free, shell_line,
-    shown_path, stat_fields, tree_pids, CpuTicks, Daemon, Scratch,
+    argv, background_load, busy_pct, cpu_ticks, lb_bin, lb_version, make_cert, nginx_argv,
+    port_free, shell_line, shown_path, stat_fields, tree_pids, Cert, CpuTicks, Daemon, Scratch,
+    CERT_NAME,
 };
 use lb_tests::tls::{any_cert, AnyCert};
 use lb_tests::{
@@ -64,7 +65,6 @@ const BACKEND_PORT: u16 = 18181;
 /// Connections the load client keeps in flight.
 const SLOTS: usize = 32;
 /// The certificate's name, also the client's SNI.
-const CERT_NAME: &str = "bench.test";
 /// A connection not done in this is counted failed and replaced.
 const CONN_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long the ticket probe waits for more tickets after the last one.
@@ -207,13 +207,6 @@ impl Load {
 }
 
 // ---- the configs -----------------------------------------------------------
-
-/// The certificate files (lb cert gen), and the cert + key PEM for HAProxy.
-struct Cert {
-    cert: PathBuf,
-    key: PathBuf,
-    combined: PathBuf,
-}
 
 fn backend_conf() -> String {
     format!(
@@ -383,60 +376,6 @@ impl Drop for Fleet {
     }
 }
 
-fn lb_bin() -> Result<PathBuf> {
-    let p = std::env::var_os("LB_BIN").map_or_else(
-        || Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release/lb"),
-        PathBuf::from,
-    );
-    ensure!(
-        p.exists(),
-        "no lb binary at {}: run through `cargo xtask bench tls`, or set LB_BIN",
-        p.display()
-    );
-    Ok(p)
-}
-
-/// `lb cert gen --name bench.test --dir DIR/cert`, and the combined PEM.
-fn make_cert(dir: &Scratch) -> Result<(Cert, String)> {
-    let bin = lb_bin()?;
-    let to = dir.0.join("cert");
-    std::fs::create_dir_all(&to).with_context(|| format!("creating {}", to.display()))?;
-    let a = argv(&[
-        &bin.to_string_lossy(),
-        "cert",
-        "gen",
-        "--name",
-        CERT_NAME,
-        "--dir",
-        &to.to_string_lossy(),
-    ]);
-    let out = Command::new(&a[0])
-        .args(&a[1..])
-        .output()
-        .context("running lb cert gen")?;
-    ensure!(
-        out.status.success(),
-        "{} failed ({}): {}",
-        shell_line(&a),
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let cert = to.join(format!("{CERT_NAME}.pem"));
-    let key = to.join(format!("{CERT_NAME}.key"));
-    let combined = to.join(format!("{CERT_NAME}.combined.pem"));
-    let mut both = std::fs::read_to_string(&cert).context("reading the certificate")?;
-    both.push_str(&std::fs::read_to_string(&key).context("reading the key")?);
-    std::fs::write(&combined, both).context("writing the combined PEM")?;
-    Ok((
-        Cert {
-            cert,
-            key,
-            combined,
-        },
-        shell_line(&a),
-    ))
-}
-
 /// Writes the configs, the certificate, and starts the backend and the
 /// peers. `tickets` is what lb sends after a full handshake: found by
 /// `probe` on HAProxy, started before lb.
@@ -445,7 +384,8 @@ fn start_fleet(dir: &Scratch) -> Result<(Fleet, Probes)> {
         port_free(port)?;
     }
     let mut fleet = Fleet::default();
-    let (cert, gen_line) = make_cert(dir)?;
+    let (cert, gen) = make_cert(&lb_bin("tls")?, dir)?;
+    let gen_line = shell_line(&gen);
     fleet.cmdlines.push(("the certificate".into(), gen_line));
 
     let conf = dir.write("backend.conf", &backend_conf())?;
@@ -483,7 +423,7 @@ fn start_fleet(dir: &Scratch) -> Result<(Fleet, Probes)> {
     let tickets = probes.get(Target::Haproxy)?.tickets[Load::Full.index()];
     let after_resumed = probes.get(Target::Haproxy)?.tickets[Load::Resumed.index()];
 
-    let bin = lb_bin()?;
+    let bin = lb_bin("tls")?;
     for (t, name, file, n) in [
         (Target::Lb, "lb", "lb.toml", tickets),
         (
