@@ -62,16 +62,6 @@ impl TrustMap {
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         map.insert(key, TrustedSource { seen_ns }, 0)
     }
-
-    /// When `key` was last marked, if it is in the map.
-    #[must_use]
-    pub fn seen(&self, key: &SourceKey) -> Option<u64> {
-        let map = self
-            .0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        map.get(key, 0).ok().map(|t| t.seen_ns)
-    }
 }
 
 /// The `sources`/`trusted` key of an address, as the XDP program builds

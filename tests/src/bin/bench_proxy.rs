@@ -557,17 +557,6 @@ fn response_complete(buf: &[u8]) -> Result<bool> {
     }
 }
 
-/// CLOCK_MONOTONIC in ns.
-fn mono_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: ts is a valid timespec to write to.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut ts) };
-    u64::try_from(ts.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(ts.tv_nsec).unwrap_or(0)
-}
-
 /// A syscall's fd result as an owned fd.
 fn owned_fd(fd: i32, what: &str) -> Result<std::os::fd::OwnedFd> {
     use std::os::fd::FromRawFd as _;
@@ -622,7 +611,7 @@ impl Poller {
     fn wait(&self, until_ns: Option<u64>, out: &mut Vec<u64>) -> Result<()> {
         use std::os::fd::AsRawFd as _;
         let wait_ns = until_ns.map_or(100_000_000, |u| {
-            u.saturating_sub(mono_ns()).min(100_000_000)
+            u.saturating_sub(lb::trust::monotonic_ns()).min(100_000_000)
         });
         let timeout = libc::timespec {
             tv_sec: 0,
@@ -738,7 +727,7 @@ fn fixed_rate(port: u16, rate: f64, secs: f64) -> Result<RateRun> {
         conns.push(c);
     }
     let mut idle: std::collections::VecDeque<usize> = (0..CONNS).collect();
-    let t0 = mono_ns() + 1_000_000;
+    let t0 = lb::trust::monotonic_ns() + 1_000_000;
     let due = |k: u64| t0 + (k as f64 * 1e9 / rate) as u64;
     let record_from = t0 + u64::try_from(LATENCY_WARMUP.as_nanos())?;
     let end = record_from + (secs * 1e9) as u64;
@@ -748,7 +737,7 @@ fn fixed_rate(port: u16, rate: f64, secs: f64) -> Result<RateRun> {
     let (mut errors, mut first_error) = (0, None::<String>);
     let mut ready = Vec::new();
     loop {
-        let now = mono_ns();
+        let now = lb::trust::monotonic_ns();
         while due(next) < end && due(next) <= now {
             let Some(i) = idle.pop_front() else { break };
             if let Err(e) = conns[i].send(due(next)) {
@@ -779,7 +768,7 @@ fn fixed_rate(port: u16, rate: f64, secs: f64) -> Result<RateRun> {
             match conns[i].receive() {
                 Ok(None) => {}
                 Ok(Some(was_due)) => {
-                    let done = mono_ns();
+                    let done = lb::trust::monotonic_ns();
                     if was_due >= record_from {
                         lat.push(done - was_due);
                         last_done = done;
