@@ -230,11 +230,15 @@ pub fn run(cfg: &Config, join: bool) -> Result<()> {
             Sessions::random()
         }
     };
-    let trusted = match &started {
-        Some(s) => Some(Arc::new(
-            crate::trust::TrustMap::open(&s.pin_dir.join(lb_common::maps::TRUSTED))
-                .with_context(|| format!("opening the pinned {} map", lb_common::maps::TRUSTED))?,
-        )),
+    let trusted = match started.as_ref().map(|s| {
+        crate::trust::TrustMap::open(&s.pin_dir.join(lb_common::maps::TRUSTED))
+            .with_context(|| format!("opening the pinned {} map", lb_common::maps::TRUSTED))
+    }) {
+        Some(Ok(map)) => Some(Arc::new(map)),
+        Some(Err(e)) => {
+            stop_xdp(started)?;
+            return Err(e);
+        }
         None => None,
     };
     let proxy = match Proxy::start(cfg, Arc::clone(&live), sessions, tls.clone(), trusted) {
