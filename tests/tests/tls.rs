@@ -952,3 +952,119 @@ fn cipher_suites_and_groups_are_what_the_frontend_allows() {
     assert!(tls_of(admin, "web")["failed"].as_u64() >= Some(2));
     assert_eq!(lb.stop(libc::SIGTERM).expect("exit"), Some(0));
 }
+
+/// Reads one HTTP/1.1 response (head and `content-length` body) from a
+/// TLS stream: its status and body.
+fn response<S: std::io::Read>(s: &mut S) -> (u16, String) {
+    let mut raw = Vec::new();
+    let mut byte = [0u8; 1];
+    while !raw.ends_with(b"\r\n\r\n") {
+        let n = s.read(&mut byte).expect("a response head");
+        assert_eq!(n, 1, "the connection ended mid-head: {raw:?}");
+        raw.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&raw).into_owned();
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status: {head}"));
+    let len: usize = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-length:")
+                .map(|v| v.trim().to_owned())
+        })
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no content-length: {head}"));
+    let mut body = vec![0u8; len];
+    s.read_exact(&mut body).expect("the body");
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+#[test]
+fn an_idle_https_keep_alive_connection_serves_each_next_request_however_it_arrives() {
+    // Over TLS, HTTP/1.1 is served one hyper connection at a time: between
+    // requests the connection waits on its bare socket (parked). Each way
+    // a next request can arrive must still be served on the same
+    // connection: after a pause, pipelined behind another, with a body,
+    // split across writes; and an idle one is still closed at clientIdle.
+    let _serial = serial();
+    let dir = ScratchDir::new("lb-tls-park");
+    let pair = cert_gen(&dir, "lb.test");
+    let b = backend();
+    let (admin, port) = (free_addr("127.0.0.1"), free_addr("127.0.0.1"));
+    let _lb = start(
+        &dir,
+        "lb.toml",
+        "",
+        &one_frontend(
+            admin,
+            port,
+            &pair,
+            &b,
+            "timeouts = { clientIdle = \"1s\", headerRead = \"5s\" }",
+        ),
+    );
+    let (mut conn, mut sock) = completed(port);
+    let mut tls = rustls::Stream::new(&mut conn, &mut sock);
+    let get = |path: &str| format!("GET {path} HTTP/1.1\r\nHost: lb.test\r\n\r\n");
+
+    // One request, then another after a pause (parked in between).
+    tls.write_all(get("/first").as_bytes()).expect("write");
+    let (status, body) = response(&mut tls);
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("GET /first"), "{body}");
+    thread::sleep(Duration::from_millis(300));
+    tls.write_all(get("/after-a-pause").as_bytes())
+        .expect("write");
+    let (status, body) = response(&mut tls);
+    assert_eq!(
+        (status, body.contains("GET /after-a-pause")),
+        (200, true),
+        "{body}"
+    );
+
+    // Two pipelined in one write: both answered, in order.
+    tls.write_all(format!("{}{}", get("/one"), get("/two")).as_bytes())
+        .expect("write");
+    let (first, second) = (response(&mut tls), response(&mut tls));
+    assert!(
+        first.1.contains("GET /one") && second.1.contains("GET /two"),
+        "{first:?} {second:?}"
+    );
+
+    // A body, sent after its head in a second write.
+    tls.write_all(b"POST /upload HTTP/1.1\r\nHost: lb.test\r\ncontent-length: 5\r\n\r\n")
+        .expect("write");
+    thread::sleep(Duration::from_millis(100));
+    tls.write_all(b"hello").expect("write");
+    let (status, body) = response(&mut tls);
+    assert_eq!((status, body.trim()), (200, "received 5"));
+
+    // A head split across writes, with a pause in the middle.
+    tls.write_all(b"GET /split HTTP/1.1\r\nHo").expect("write");
+    thread::sleep(Duration::from_millis(300));
+    tls.write_all(b"st: lb.test\r\n\r\n").expect("write");
+    let (status, body) = response(&mut tls);
+    assert_eq!((status, body.contains("GET /split")), (200, true), "{body}");
+    assert_eq!(b.requests(), 6, "every request reached the backend once");
+
+    // Idle past clientIdle: closed (close_notify, then EOF), and counted.
+    let idle = Instant::now();
+    let mut rest = Vec::new();
+    let ended = tls.read_to_end(&mut rest);
+    assert!(
+        ended.is_ok() && rest.is_empty(),
+        "a clean close with nothing more: {ended:?} {rest:?}"
+    );
+    assert!(
+        idle.elapsed() >= Duration::from_millis(900) && idle.elapsed() < Duration::from_secs(4),
+        "closed after {:?} (clientIdle 1s)",
+        idle.elapsed()
+    );
+    let web = frontend_in(&lb_tests::client::status(admin).expect("status"), "web");
+    assert_eq!(web["timeouts"]["clientIdle"].as_u64(), Some(1), "{web}");
+    assert_eq!(web["responses"]["2xx"].as_u64(), Some(6), "{web}");
+}

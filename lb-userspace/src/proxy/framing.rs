@@ -140,6 +140,13 @@ impl RequestFraming {
         self.state != State::Off
     }
 
+    /// Whether the bytes so far end exactly where a request ended (or
+    /// before any): no part of a next request has arrived.
+    #[must_use]
+    pub fn between_requests(&self) -> bool {
+        self.state == State::LineStart && !self.head.started
+    }
+
     /// Follows the next bytes read from the client.
     pub fn feed(&mut self, bytes: &[u8]) {
         let mut i = 0;

@@ -141,8 +141,14 @@ impl Forwarding {
         };
         if let Ok(v) = HeaderValue::from_str(&value) {
             if !forwarded {
-                if let Some(h) = host_value {
-                    *self.last_host.borrow_mut() = Some((h.clone(), v.clone()));
+                // A copy: a clone of `h` would share, and keep alive
+                // while the connection idles, the whole read buffer
+                // hyper parsed the head from.
+                if let Ok(h) = host_value
+                    .map(|h| HeaderValue::from_bytes(h.as_bytes()))
+                    .transpose()
+                {
+                    *self.last_host.borrow_mut() = h.map(|h| (h, v.clone()));
                 }
             }
             headers.insert(header::FORWARDED, v);

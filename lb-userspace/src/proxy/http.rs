@@ -12,6 +12,7 @@
 
 use std::{
     convert::Infallible,
+    future::Future,
     net::SocketAddr,
     pin::Pin,
     rc::Rc,
@@ -23,7 +24,11 @@ use std::{
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
 use http_body::{Body, Frame, SizeHint};
-use hyper::{body::Incoming, service::service_fn};
+use hyper::{
+    body::Incoming,
+    server::conn::http1,
+    service::{service_fn, HttpService},
+};
 use hyper_util::{rt::TokioIo, server::conn::auto};
 use tokio::{net::TcpStream, sync::watch, time::Sleep};
 
@@ -42,7 +47,7 @@ use crate::{
     pool::{balance, ActiveGuard, PickKey, Pool},
 };
 
-/// The connection builder of a frontend (one per worker).
+/// The connection builders of a frontend (one set per worker).
 ///
 /// `buffer` is the `maxBufferSize` in force: the most a connection buffers
 /// per direction. A request head that does not fit is answered 431 by
@@ -51,31 +56,51 @@ use crate::{
 pub fn builder(buffer: Option<u64>) -> auto::Builder<LocalExec> {
     let mut b = auto::Builder::new(LocalExec);
     let mut h1 = b.http1();
-    // A client may shut down its sending side once its request is out
-    // (RFC 9112 9.6): it still gets its answer.
+    // The same options as `h1_builder`'s.
     h1.keep_alive(true)
         .half_close(true)
         .header_read_timeout(None);
     if let Some(size) = buffer {
-        // hyper's floor is 8 KiB; maxBufferSize's is 16 KiB.
-        h1.max_buf_size(usize::try_from(size).unwrap_or(usize::MAX).max(8192));
+        h1.max_buf_size(max_buf_size(size));
         b.http2()
             .max_header_list_size(u32::try_from(size).unwrap_or(u32::MAX));
     }
     b
 }
 
+/// The builder of HTTP/1.1 connections served one request at a time
+/// (parked between requests, see [`serve`]), for a `maxBufferSize` of
+/// `buffer`.
+#[must_use]
+pub fn h1_builder(buffer: Option<u64>) -> http1::Builder {
+    let mut h1 = http1::Builder::new();
+    // A client may shut down its sending side once its request is out
+    // (RFC 9112 9.6): it still gets its answer. The watchdog, not hyper,
+    // times request heads.
+    h1.keep_alive(true)
+        .half_close(true)
+        .header_read_timeout(None);
+    if let Some(size) = buffer {
+        h1.max_buf_size(max_buf_size(size));
+    }
+    h1
+}
+
+/// hyper's read buffer limit for a `maxBufferSize`: hyper's floor is
+/// 8 KiB (maxBufferSize's is 16 KiB).
+fn max_buf_size(size: u64) -> usize {
+    usize::try_from(size).unwrap_or(usize::MAX).max(8192)
+}
+
 /// A frontend's connection builders for the limits in force: one that
 /// tells HTTP/2 (prior knowledge) from HTTP/1.1 by the first bytes, for
 /// plain connections, and one for each protocol, for TLS connections,
-/// whose ALPN already said. Telling costs an idle connection 8 KiB more:
-/// the bytes read to tell are handed back and hyper's read buffer then
-/// doubles (16 KiB, not 8).
+/// whose ALPN already said.
 pub struct Builders {
     /// HTTP/1.1 or HTTP/2, told by the first bytes.
     pub any: auto::Builder<LocalExec>,
-    /// HTTP/1.1 only.
-    pub h1: auto::Builder<LocalExec>,
+    /// HTTP/1.1 only, a connection per request (TLS, ALPN not `h2`).
+    pub h1: http1::Builder,
     /// HTTP/2 only.
     pub h2: auto::Builder<LocalExec>,
 }
@@ -86,40 +111,37 @@ impl Builders {
     pub fn new(buffer: Option<u64>) -> Self {
         Self {
             any: builder(buffer),
-            h1: builder(buffer).http1_only(),
+            h1: h1_builder(buffer),
             h2: builder(buffer).http2_only(),
-        }
-    }
-
-    /// The builder for `stream`: by its ALPN over TLS (`h2`, else
-    /// HTTP/1.1), by its first bytes in plain.
-    #[must_use]
-    pub fn for_stream(&self, stream: &ClientStream) -> &auto::Builder<LocalExec> {
-        match stream.alpn_h2() {
-            None => &self.any,
-            Some(true) => &self.h2,
-            Some(false) => &self.h1,
         }
     }
 }
 
 /// Serves one client connection until it closes, times out, or (after
 /// `stop`) drains.
+///
+/// HTTP/1.1 over TLS is served one hyper connection at a time: when hyper
+/// waits for a next request that has not begun to arrive, [`Tracked`]
+/// parks it (see `proxy/io.rs`), hyper's connection ends and gives the
+/// stream back, and the connection waits on its bare socket. An idle
+/// keep-alive connection then holds no hyper buffers (16 KiB: 8 to read,
+/// 8 to write) and no hyper state; the next request gets a new hyper
+/// connection. HTTP/2 and plain connections (which may turn out to be
+/// HTTP/2) keep one hyper connection for their life.
 pub async fn serve(
     stream: ClientStream,
     peer: SocketAddr,
     ctx: Rc<FrontendCtx>,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) {
     let state = Rc::new(ConnState::default());
     // The socket owned by the connection future below, alive while it is:
     // a 408 is written straight to it (plain connections only).
     let fd = stream.plain_fd();
     let proto = if stream.is_tls() { "https" } else { "http" };
-    let builders = ctx.http_builder();
-    let builder = builders.for_stream(&stream);
-    let io = TokioIo::new(Tracked::new(stream, Rc::clone(&state)));
-    let service = {
+    let alpn_h2 = stream.alpn_h2();
+    let mut io = TokioIo::new(Tracked::new(stream, Rc::clone(&state)));
+    let mut service = {
         let ctx = Rc::clone(&ctx);
         let state = Rc::clone(&state);
         let fwd = Rc::new(headers::Forwarding::new(peer.ip(), proto));
@@ -137,55 +159,201 @@ pub async fn serve(
             ))
         })
     };
-    let conn = builder.serve_connection(io, service);
-    tokio::pin!(conn);
-    let t = &ctx.timeouts;
-    let tick = (t.client_idle.0.min(t.header_read.0) / 4)
-        .clamp(Duration::from_millis(10), Duration::from_secs(1));
-    // The first look one tick from now, not at once: a head that starts
-    // with the connection then gets its whole `headerRead`.
-    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + tick, tick);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut dog = Watchdog::default();
-    let mut draining = *stop.borrow();
-    if draining {
-        conn.as_mut().graceful_shutdown();
+    let mut watcher = Watch::new(&ctx, &state, fd, stop);
+    if alpn_h2 != Some(false) {
+        let builders = ctx.http_builder();
+        let builder = if alpn_h2 == Some(true) {
+            &builders.h2
+        } else {
+            &builders.any
+        };
+        let conn = builder.serve_connection(io, service);
+        // Boxed: the parked path below keeps none of this in the task.
+        if let Some(Err(e)) = Box::pin(watcher.drive(conn, |c| c.graceful_shutdown())).await {
+            head_too_large(&*e, &ctx);
+        }
+        return;
     }
+    state.parks.set(true);
     loop {
-        tokio::select! {
-            r = conn.as_mut() => {
-                if let Err(e) = r {
-                    head_too_large(&*e, &ctx);
-                }
-                break;
+        state.parked.set(false);
+        // Boxed, so that a parked connection's task keeps no room for it.
+        let mut conn = Box::new(ctx.http_builder().h1.serve_connection(io, service));
+        match watcher
+            .drive(UntilDone(&mut conn), |c| {
+                Pin::new(&mut *c.get_mut().0).graceful_shutdown();
+            })
+            .await
+        {
+            None => return,
+            Some(Err(e)) => {
+                head_too_large(&e, &ctx);
+                return;
             }
-            _ = ticker.tick() => match dog.check(&state, tick, t.header_read.0, t.client_idle.0) {
-                Verdict::Fine => {}
-                Verdict::HeaderTimeout => {
-                    ctx.counters().timeout(Timeout::HeaderRead);
-                    if let (false, Some(fd)) = (state.h2.get(), fd) {
-                        ctx.counters().response(408);
-                        send_raw(fd, REQUEST_TIMEOUT);
+            Some(Ok(())) => {}
+        }
+        let parts = conn.into_parts();
+        (io, service) = (parts.io, parts.service);
+        // An empty view that still holds hyper's whole read buffer.
+        let unread = parts.read_buf.len();
+        drop(parts.read_buf);
+        if unread > 0 {
+            // Parking waits for no request begun, so hyper holds no bytes
+            // of one; if it did, they would be lost: close instead.
+            tracing::debug!(bytes = unread, "parked with bytes unread: closing");
+            return;
+        }
+        // Not parked: the client closed, or the connection was not to be
+        // kept (`Connection: close`, HTTP/1.0, draining).
+        if !state.parked.get() || !watcher.park(io.inner().get_ref().tcp()).await {
+            // End the stream as hyper would have (TLS: close_notify).
+            let mut stream = io.into_inner();
+            let _ = tokio::time::timeout(
+                ctx.timeouts.client_idle.0,
+                tokio::io::AsyncWriteExt::shutdown(&mut stream),
+            )
+            .await;
+            return;
+        }
+    }
+}
+
+/// An HTTP/1.1 connection polled until it is done, without shutting its
+/// stream down: it may have parked.
+struct UntilDone<'c, S: HttpService<Incoming>>(
+    &'c mut http1::Connection<TokioIo<Tracked<ClientStream>>, S>,
+);
+
+impl<S> Future for UntilDone<'_, S>
+where
+    S: HttpService<Incoming, ResBody = RespBody> + Unpin,
+    S::Future: Unpin,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    type Output = hyper::Result<()>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.get_mut().0.poll_without_shutdown(cx)
+    }
+}
+
+/// A client connection's watchdog: samples its [`ConnState`] each tick
+/// ([`Watchdog`]), follows the worker's stop signal, and acts on both.
+struct Watch<'a> {
+    ctx: &'a FrontendCtx,
+    state: &'a ConnState,
+    /// The plain socket, for a 408 written straight to it.
+    fd: Option<std::os::fd::RawFd>,
+    stop: watch::Receiver<bool>,
+    tick: Duration,
+    ticker: tokio::time::Interval,
+    dog: Watchdog,
+    /// Closing: a graceful shutdown was asked (stop, or idle).
+    draining: bool,
+}
+
+impl<'a> Watch<'a> {
+    fn new(
+        ctx: &'a FrontendCtx,
+        state: &'a ConnState,
+        fd: Option<std::os::fd::RawFd>,
+        stop: watch::Receiver<bool>,
+    ) -> Self {
+        let t = &ctx.timeouts;
+        let tick = (t.client_idle.0.min(t.header_read.0) / 4)
+            .clamp(Duration::from_millis(10), Duration::from_secs(1));
+        // The first look one tick from now, not at once: a head that starts
+        // with the connection then gets its whole `headerRead`.
+        let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + tick, tick);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let draining = *stop.borrow();
+        Self {
+            ctx,
+            state,
+            fd,
+            stop,
+            tick,
+            ticker,
+            dog: Watchdog::default(),
+            draining,
+        }
+    }
+
+    /// Drives a hyper connection to its end: `Some` with how it ended,
+    /// `None` when the watchdog closed it (a request head too slow, a
+    /// response the client does not read). `shutdown` asks it to finish
+    /// gracefully (idle past `clientIdle`, or the worker stopping).
+    async fn drive<C, E>(
+        &mut self,
+        conn: C,
+        shutdown: impl Fn(Pin<&mut C>),
+    ) -> Option<Result<(), E>>
+    where
+        C: Future<Output = Result<(), E>>,
+    {
+        tokio::pin!(conn);
+        if self.draining {
+            shutdown(conn.as_mut());
+        }
+        let t = &self.ctx.timeouts;
+        loop {
+            tokio::select! {
+                r = conn.as_mut() => return Some(r),
+                _ = self.ticker.tick() => match self.dog.check(self.state, self.tick, t.header_read.0, t.client_idle.0) {
+                    Verdict::Fine => {}
+                    Verdict::HeaderTimeout => {
+                        self.ctx.counters().timeout(Timeout::HeaderRead);
+                        if let (false, Some(fd)) = (self.state.h2.get(), self.fd) {
+                            self.ctx.counters().response(408);
+                            send_raw(fd, REQUEST_TIMEOUT);
+                        }
+                        return None;
                     }
-                    break;
+                    Verdict::Idle if !self.draining => {
+                        self.ctx.counters().timeout(Timeout::ClientIdle);
+                        shutdown(conn.as_mut());
+                        self.draining = true;
+                    }
+                    Verdict::Idle => {}
+                    Verdict::Stalled => {
+                        // A response the client does not read: close, as a
+                        // graceful shutdown would wait for it forever.
+                        self.ctx.counters().timeout(Timeout::ClientIdle);
+                        return None;
+                    }
+                },
+                changed = self.stop.changed(), if !self.draining => {
+                    if changed.is_err() || *self.stop.borrow() {
+                        shutdown(conn.as_mut());
+                        self.draining = true;
+                    }
                 }
-                Verdict::Idle if !draining => {
-                    ctx.counters().timeout(Timeout::ClientIdle);
-                    conn.as_mut().graceful_shutdown();
-                    draining = true;
+            }
+        }
+    }
+
+    /// Waits on a parked connection's socket: true once the client sent
+    /// something (or closed), false when the connection is to close (idle
+    /// past `clientIdle`, or the worker stopping).
+    async fn park(&mut self, socket: &TcpStream) -> bool {
+        if self.draining {
+            return false;
+        }
+        let t = &self.ctx.timeouts;
+        loop {
+            tokio::select! {
+                r = socket.readable() => return r.is_ok(),
+                _ = self.ticker.tick() => {
+                    // Nothing is in flight or begun: only idleness counts.
+                    if self.dog.check(self.state, self.tick, t.header_read.0, t.client_idle.0) != Verdict::Fine {
+                        self.ctx.counters().timeout(Timeout::ClientIdle);
+                        return false;
+                    }
                 }
-                Verdict::Idle => {}
-                Verdict::Stalled => {
-                    // A response the client does not read: close, as a
-                    // graceful shutdown would wait for it forever.
-                    ctx.counters().timeout(Timeout::ClientIdle);
-                    break;
-                }
-            },
-            changed = stop.changed(), if !draining => {
-                if changed.is_err() || *stop.borrow() {
-                    conn.as_mut().graceful_shutdown();
-                    draining = true;
+                changed = self.stop.changed() => {
+                    if changed.is_err() || *self.stop.borrow() {
+                        return false;
+                    }
                 }
             }
         }
@@ -861,8 +1029,6 @@ impl Drop for RespBody {
         }
     }
 }
-
-use std::future::Future as _;
 
 #[cfg(test)]
 mod tests {

@@ -2,6 +2,12 @@
 //! ([`Tracked`]) that the connection's watchdog reads to tell an idle
 //! client from a slow request head, and [`LocalExec`], which runs hyper's
 //! background tasks on the worker's own thread.
+//!
+//! [`Tracked`] can also *park* an HTTP/1.1 connection: when hyper asks for
+//! the next request and none has begun to arrive, it answers end-of-stream
+//! instead of waiting, so hyper's connection ends cleanly and hands the
+//! stream back (`proxy/http.rs` then waits on the bare socket, holding
+//! none of hyper's buffers, and serves the next request with a new one).
 
 use std::{
     cell::{Cell, RefCell},
@@ -41,6 +47,14 @@ pub struct ConnState {
     pub write_blocked: Cell<bool>,
     /// Where its HTTP/1.1 requests begin and end (not followed on HTTP/2).
     pub framing: RefCell<RequestFraming>,
+    /// Reads may park the connection (HTTP/1.1 served one hyper connection
+    /// at a time, see [`Tracked`]).
+    pub parks: Cell<bool>,
+    /// A read parked it: the hyper connection ended for idleness, not
+    /// because the client closed.
+    pub parked: Cell<bool>,
+    /// Bytes were written to the stream and not yet flushed.
+    pub unflushed: Cell<bool>,
 }
 
 impl ConnState {
@@ -50,6 +64,7 @@ impl ConnState {
             Poll::Ready(Ok(n)) => {
                 self.bytes_out.set(self.bytes_out.get() + *n as u64);
                 self.write_blocked.set(false);
+                self.unflushed.set(true);
             }
             Poll::Pending => self.write_blocked.set(true),
             Poll::Ready(Err(_)) => {}
@@ -67,6 +82,19 @@ impl ConnState {
         self.mark.set(self.bytes_in.get());
         let conflicting = !self.h2.get() && self.framing.borrow().conflicting(index);
         (InFlight(Rc::clone(self)), conflicting)
+    }
+
+    /// Whether the connection can be parked now: no request in flight,
+    /// none begun (every byte read belongs to a request already handled,
+    /// so hyper holds none unread), everything written flushed.
+    fn idle(&self) -> bool {
+        let framing = self.framing.borrow();
+        self.parks.get()
+            && self.in_flight.get() == 0
+            && !self.unflushed.get()
+            && !self.h2.get()
+            && framing.between_requests()
+            && framing.heads() == self.started.get()
     }
 }
 
@@ -96,6 +124,11 @@ fn opens_h2(seen: u64, read: &[u8]) -> Option<bool> {
 }
 
 /// A stream that counts its bytes into a [`ConnState`].
+///
+/// With [`ConnState::parks`] set, a read that finds nothing while the
+/// connection is idle ends the stream for its reader (sets
+/// [`ConnState::parked`]); the owner takes the stream back, waits for the
+/// socket to be readable and hands it to a new reader.
 #[derive(Debug)]
 pub struct Tracked<S> {
     inner: S,
@@ -107,6 +140,11 @@ impl<S> Tracked<S> {
     pub fn new(inner: S, state: Rc<ConnState>) -> Self {
         Self { inner, state }
     }
+
+    /// The wrapped stream.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Tracked<S> {
@@ -117,6 +155,10 @@ impl<S: AsyncRead + Unpin> AsyncRead for Tracked<S> {
     ) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
         let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if r.is_pending() && self.state.idle() {
+            self.state.parked.set(true);
+            return Poll::Ready(Ok(()));
+        }
         let n = buf.filled().len() - before;
         if n > 0 {
             let s = &self.state;
@@ -162,7 +204,11 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Tracked<S> {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
+        let r = Pin::new(&mut self.inner).poll_flush(cx);
+        if matches!(r, Poll::Ready(Ok(()))) {
+            self.state.unflushed.set(false);
+        }
+        r
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -309,6 +355,15 @@ impl ClientStream {
         match self {
             Self::Plain(_) => None,
             Self::Tls(s) => Some(s.get_ref().1.alpn_protocol() == Some(b"h2")),
+        }
+    }
+
+    /// The TCP socket under it.
+    #[must_use]
+    pub fn tcp(&self) -> &tokio::net::TcpStream {
+        match self {
+            Self::Plain(s) => &s.0,
+            Self::Tls(s) => s.get_ref().0,
         }
     }
 

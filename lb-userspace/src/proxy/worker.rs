@@ -213,17 +213,22 @@ async fn serve_connection(
     use super::io::{ClientStream, SendStream};
     let mode = ctx.info().mode;
     let tls = ctx.info().tls.clone();
+    // This future is the connection's task, which an idle connection keeps
+    // for its life: what only runs for a while (a refusal, the handshake,
+    // serving TCP) is boxed, so that the task holds room for none of it.
     let _held = match (super::admit::connection(ctx).await, &tls, mode) {
         (Ok(held), _, _) => held,
-        (Err(_), Some(_), _) => return super::handshake::refuse(stream).await,
-        (Err(r), None, Mode::Http) => return http::refuse_connection(stream, ctx, r).await,
-        (Err(_), None, Mode::Tcp) => return tcp::close(stream).await,
+        (Err(_), Some(_), _) => return Box::pin(super::handshake::refuse(stream)).await,
+        (Err(r), None, Mode::Http) => {
+            return Box::pin(http::refuse_connection(stream, ctx, r)).await
+        }
+        (Err(_), None, Mode::Tcp) => return Box::pin(tcp::close(stream)).await,
     };
     let (client, _tls_held) = match &tls {
         // A handshake still running when the worker stops is dropped: it
         // has no request to finish.
         Some(t) => tokio::select! {
-            r = super::handshake::run(stream, ctx, t) => match r {
+            r = Box::pin(super::handshake::run(stream, ctx, t)) => match r {
                 Some((c, held)) => (c, Some(held)),
                 None => return,
             },
@@ -233,7 +238,7 @@ async fn serve_connection(
     };
     match mode {
         Mode::Http => http::serve(client, peer, Rc::clone(ctx), stop).await,
-        Mode::Tcp => tcp::serve(client, peer, Rc::clone(ctx)).await,
+        Mode::Tcp => Box::pin(tcp::serve(client, peer, Rc::clone(ctx))).await,
     }
 }
 
