@@ -1400,48 +1400,41 @@ fn lb_breakdown(all: &AllRuns) -> String {
     format!(
         "## Where lb's memory goes\n\n\
          lb holds {lb:.1} KiB per idle connection here; the target allows {bound:.1} KiB. \
-         What follows was measured by hand at lb 369c8f3 (2026-11-22, this machine), not by \
+         What follows was measured by hand at lb 6750846 (2026-12-07, this machine), not by \
          this run: lb started under `heaptrack`, 4000 idle connections opened with this \
-         program's `--hold`, lb killed with SIGKILL while it held them, so heaptrack's \
-         \"leaked\" is what was live per idle connection: 42.5 KiB of heap, of which 31.5 \
-         KiB resident (hyper's buffers are reserved but only their first bytes written).\n\n\
+         program's `--hold`; heaptrack's peak (all 4000 held) divided by 4000. It came to \
+         10.1 KiB of heap per connection, 11.0 KiB resident (VmRSS) in that run.\n\n\
          | what each idle connection holds | heap KiB | owner |\n|---|---|---|\n\
-         | HTTP/1 read buffer: 16 KiB, not 8. hyper-util's `auto` builder reads the first \
-         bytes to tell HTTP/2 from HTTP/1.1 and hands them back through `Rewind`; hyper's \
-         first read returns only those, and its next `reserve(8192)` doubles the 8 KiB \
-         buffer | 16 | hyper, hyper-util |\n\
-         | HTTP/1 write buffer (`Vec::with_capacity(8192)` at connection start) | 8 | hyper |\n\
-         | room for lb's request handler future: hyper's dispatcher allocates \
-         `Box::pin(None::<S::Future>)` for the connection's life | 4.1 | lb's `handle` \
-         future (~4 KiB) |\n\
-         | the connection's tokio task (handshake and serve states, hyper's connection \
-         inline) | 5.0 | lb, tokio |\n\
-         | TLS read buffer: 4 KiB, zero-filled, kept after each read | 4 | rustls |\n\
-         | `ServerConnection` (boxed `TlsStream`) and connection core | 1.8 | rustls |\n\
-         | AEAD key contexts | 1.2 | aws-lc |\n\
-         | the last response's `HeaderMap` kept for reuse, lb's `ConnState` and \
-         forwarding headers, timers, the socket's registration | 1.4 | hyper, lb, tokio |\n\n\
-         Two of these are gone since (lb be787b3), measured with `--hold` at 10 000 \
-         connections, two runs each (±0.1 KiB):\n\n\
-         - TLS connections get `auto::Builder::http1_only()` when ALPN did not pick h2 \
-         (`http2_only()` when it did; cleartext keeps sniffing for h2c): the read buffer \
-         stays 8 KiB. 31.5 → 27.2 KiB (−4.3).\n\
-         - `Box::pin(handle(..))` in the `service_fn` of `proxy/http.rs`: hyper's slot for \
-         the handler future becomes one pointer, and the ~4 KiB future exists only while a \
-         request is in flight. 31.5 → 27.3 KiB (−4.1).\n\
-         - Both: 23.1 KiB, about 1.5× HAProxy. Neither reaches the target.\n\n\
+         | TLS read buffer: 4 KiB, zero-filled, kept while the connection lives (rustls's \
+         `DeframerVecBuffer` never shrinks below one read) | 4.1 | rustls |\n\
+         | the connection's tokio task: its future (1248 bytes) and tokio's header | 1.4 | \
+         lb, tokio |\n\
+         | the `TlsStream` (socket and `ServerConnection`), boxed | 1.2 | tokio-rustls, \
+         rustls |\n\
+         | AEAD key contexts, one each way | 1.2 | aws-lc |\n\
+         | the connection core (`Acceptor`) | 0.6 | rustls |\n\
+         | lb's `ConnState`, forwarding headers and service, the watchdog's timer, the \
+         socket's registration, rustls's plaintext queues | 1.6 | lb, tokio, rustls |\n\n\
+         How it came down from 23.1 KiB (2026-11-22), each measured with `--hold` at 4000 \
+         connections:\n\n\
+         - HTTP/1.1 over TLS is served one hyper `http1` connection at a time: when hyper \
+         asks for the next request and no byte of one has arrived, lb's stream wrapper \
+         answers end-of-stream, hyper's connection ends and hands the stream back, and the \
+         connection waits on its bare socket with none of hyper's buffers (8 KiB to read, 8 \
+         to write). See docs/architecture.md.\n\
+         - The `Forwarded` header cache (one per connection) kept a clone of the last \
+         `Host` value, a view into hyper's read buffer, and with it the whole buffer, \
+         parked or not: it now keeps a copy. With parking, 22.8 → 12.1 KiB.\n\
+         - The handshake, refusals and TCP serving are boxed futures, so the connection's \
+         task keeps no room for them while it idles: 4560 → 1152 bytes of future (22.8 → \
+         16.7 KiB before the `Host` fix; 12.1 → 11.0 after it).\n\n\
          HAProxy and nginx keep no I/O buffer on an idle keep-alive connection (HAProxy \
-         returns empty buffers to its pools and sets `SSL_MODE_RELEASE_BUFFERS`; nginx frees \
-         the request's pool and calls `ngx_ssl_free_buffer` on keep-alive): what they keep \
-         is mostly OpenSSL's per-connection state. Getting lb to ≤ {bound:.1} KiB needs the \
-         same: no hyper buffers and no rustls read buffer while idle (about 20 KiB of heap, \
-         15 KiB resident today). One way: serve HTTP/1.1 with hyper's `http1` connection per \
-         request (`keep_alive(false)`, `without_shutdown()`, `into_parts()` returning any \
-         pipelined bytes) and wait for the next request on the bare TLS stream in lb; and \
-         read TLS through rustls's unbuffered API (`UnbufferedServerConnection`) with a \
-         per-worker buffer. Estimate, not measured: task (smaller without hyper inline) \
-         2–3 KiB, rustls state and keys 3 KiB, lb 1 KiB, so 6–8 KiB, about 0.4–0.5× HAProxy: \
-         the target needs all of it.\n",
+         sets `SSL_MODE_RELEASE_BUFFERS`, nginx calls `ngx_ssl_free_buffer`): what they \
+         keep is mostly OpenSSL's per-connection state. lb now keeps no HTTP buffer either; \
+         what stands between it and {bound:.1} KiB is rustls's 4 KiB read buffer. \
+         rustls's buffered API has no way to free it, so it needs the unbuffered API \
+         (`UnbufferedServerConnection`) reading into a per-worker buffer, and a TLS stream \
+         of lb's own over it. Estimate, not measured: about 6–7 KiB, 0.45× HAProxy.\n",
         bound = TARGET_RATIO * h
     )
 }
