@@ -74,6 +74,20 @@ fn start(dir: &ScratchDir, file: &str, global: &str, body: &str) -> Lb {
     Lb::start(None, &dir.join(file), &config).expect("lb starts")
 }
 
+/// lb with [`one_frontend`] for `lb.test` in `dir` (`lb.toml`), on fresh
+/// ports: lb, its admin address and the frontend's.
+fn start_web(dir: &ScratchDir, b: &HttpBackend, extra: &str) -> (Lb, SocketAddr, SocketAddr) {
+    let pair = cert_gen(dir, "lb.test");
+    let (admin, port) = (free_addr("127.0.0.1"), free_addr("127.0.0.1"));
+    let lb = start(
+        dir,
+        "lb.toml",
+        "",
+        &one_frontend(admin, port, &pair, b, extra),
+    );
+    (lb, admin, port)
+}
+
 /// One TLS frontend `web` on `port` (admin on `admin`), with `extra` lines
 /// after it (`[frontend.limits]`, `[frontend.tlsOptions]`).
 fn one_frontend(
@@ -809,20 +823,8 @@ fn bad_input_ends_only_its_own_connection() {
     let _serial = serial();
     let dir = ScratchDir::new("lb-tls");
     let b = backend();
-    let pair = cert_gen(&dir, "lb.test");
-    let (port, admin) = (free_addr("127.0.0.1"), free_addr("127.0.0.1"));
-    let mut lb = start(
-        &dir,
-        "lb.toml",
-        "",
-        &one_frontend(
-            admin,
-            port,
-            &pair,
-            &b,
-            "[frontend.tlsOptions]\nhandshakeTimeout = \"1s\"",
-        ),
-    );
+    let (mut lb, admin, port) =
+        start_web(&dir, &b, "[frontend.tlsOptions]\nhandshakeTimeout = \"1s\"");
     // A client that stalls mid-handshake stays open meanwhile.
     let mut stall = stalled(port);
     // Garbage instead of a ClientHello: that connection ends, counted.
@@ -992,20 +994,11 @@ fn an_idle_https_keep_alive_connection_serves_each_next_request_however_it_arriv
     // split across writes; and an idle one is still closed at clientIdle.
     let _serial = serial();
     let dir = ScratchDir::new("lb-tls-park");
-    let pair = cert_gen(&dir, "lb.test");
     let b = backend();
-    let (admin, port) = (free_addr("127.0.0.1"), free_addr("127.0.0.1"));
-    let _lb = start(
+    let (_lb, admin, port) = start_web(
         &dir,
-        "lb.toml",
-        "",
-        &one_frontend(
-            admin,
-            port,
-            &pair,
-            &b,
-            "timeouts = { clientIdle = \"1s\", headerRead = \"5s\" }",
-        ),
+        &b,
+        "timeouts = { clientIdle = \"1s\", headerRead = \"5s\" }",
     );
     let (mut conn, mut sock) = completed(port);
     let mut tls = rustls::Stream::new(&mut conn, &mut sock);
