@@ -1418,10 +1418,14 @@ fn lb_breakdown(all: &AllRuns) -> String {
          How it came down from 23.1 KiB (2026-11-22), each measured with `--hold` at 4000 \
          connections:\n\n\
          - HTTP/1.1 over TLS is served one hyper `http1` connection at a time: when hyper \
-         asks for the next request and no byte of one has arrived, lb's stream wrapper \
-         answers end-of-stream, hyper's connection ends and hands the stream back, and the \
-         connection waits on its bare socket with none of hyper's buffers (8 KiB to read, 8 \
-         to write). See docs/architecture.md.\n\
+         asks for the next request and no byte of one has arrived for 100 ms, lb's stream \
+         wrapper answers end-of-stream, hyper's connection ends and hands the stream back, \
+         and the connection waits on its bare socket with none of hyper's buffers (8 KiB \
+         to read, 8 to write). See docs/architecture.md. Parking at once instead of after \
+         100 ms gave 10.9 KiB here (full run, 2026-12-07) but cost a TLS keep-alive \
+         request 47–53 µs of lb's CPU against 43–45 µs without parking (wrk -c20 over \
+         HTTPS, three interleaved 5 s rounds each); with the delay it costs 38–42 µs \
+         against 41–53 µs.\n\
          - The `Forwarded` header cache (one per connection) kept a clone of the last \
          `Host` value, a view into hyper's read buffer, and with it the whole buffer, \
          parked or not: it now keeps a copy. With parking, 22.8 → 12.1 KiB.\n\
