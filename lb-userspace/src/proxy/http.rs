@@ -36,7 +36,7 @@ use super::{
     admit::{self, Refusal},
     counters::Timeout,
     h1, headers,
-    io::{send_raw, ClientStream, ConnState, InFlight, LocalExec, SendStream, Tracked},
+    io::{send_raw, ClientStream, ConnState, InFlight, LocalExec, SendStream, Tracked, PARK_AFTER},
     tries::Tries,
     upstream::{ReqBody, Sender},
     FrontendCtx,
@@ -121,8 +121,8 @@ impl Builders {
 /// `stop`) drains.
 ///
 /// HTTP/1.1 over TLS is served one hyper connection at a time: when hyper
-/// waits for a next request that has not begun to arrive, [`Tracked`]
-/// parks it (see `proxy/io.rs`), hyper's connection ends and gives the
+/// has waited [`PARK_AFTER`] for a next request that has not begun to
+/// arrive, [`Tracked`] parks it (see `proxy/io.rs`), hyper's connection ends and gives the
 /// stream back, and the connection waits on its bare socket. An idle
 /// keep-alive connection then holds no hyper buffers (16 KiB: 8 to read,
 /// 8 to write) and no hyper state; the next request gets a new hyper
