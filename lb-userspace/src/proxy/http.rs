@@ -36,7 +36,7 @@ use super::{
     admit::{self, Refusal},
     counters::Timeout,
     h1, headers,
-    io::{send_raw, ClientStream, ConnState, InFlight, LocalExec, SendStream, Tracked, PARK_AFTER},
+    io::{send_raw, ClientStream, ConnState, InFlight, LocalExec, SendStream, Tracked},
     tries::Tries,
     upstream::{ReqBody, Sender},
     FrontendCtx,
@@ -121,13 +121,14 @@ impl Builders {
 /// `stop`) drains.
 ///
 /// HTTP/1.1 over TLS is served one hyper connection at a time: when hyper
-/// has waited [`PARK_AFTER`] for a next request that has not begun to
-/// arrive, [`Tracked`] parks it (see `proxy/io.rs`), hyper's connection ends and gives the
-/// stream back, and the connection waits on its bare socket. An idle
-/// keep-alive connection then holds no hyper buffers (16 KiB: 8 to read,
-/// 8 to write) and no hyper state; the next request gets a new hyper
-/// connection. HTTP/2 and plain connections (which may turn out to be
-/// HTTP/2) keep one hyper connection for their life.
+/// has waited [`PARK_AFTER`](super::io::PARK_AFTER) for a next request
+/// that has not begun to arrive, [`Tracked`] parks it (see `proxy/io.rs`):
+/// hyper's connection ends and gives the stream back, and the connection
+/// waits on its bare socket. An idle keep-alive connection then holds no
+/// hyper buffers (16 KiB: 8 to read, 8 to write) and no hyper state; the
+/// next request gets a new hyper connection. HTTP/2 and plain connections
+/// (which may turn out to be HTTP/2) keep one hyper connection for their
+/// life.
 pub async fn serve(
     stream: ClientStream,
     peer: SocketAddr,
