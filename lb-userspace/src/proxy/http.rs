@@ -180,18 +180,28 @@ pub async fn serve(
         state.parked.set(false);
         // Boxed, so that a parked connection's task keeps no room for it.
         let mut conn = Box::new(ctx.http_builder().h1.serve_connection(io, service));
-        match watcher
+        let ended = watcher
             .drive(UntilDone(&mut conn), |c| {
                 Pin::new(&mut *c.get_mut().0).graceful_shutdown();
             })
-            .await
-        {
+            .await;
+        match ended {
+            // The watchdog closed it.
             None => return,
-            Some(Err(e)) => {
-                head_too_large(&e, &ctx);
+            Some(Ok(())) if state.parked.get() => {}
+            // The client closed, the connection was not to be kept
+            // (`Connection: close`, HTTP/1.0, draining) or hyper refused a
+            // request: hyper may still hold the end of a response (or its
+            // 400) unflushed. Polled as a plain future it flushes and shuts
+            // the stream down (TLS: close_notify), as it would have without
+            // parking.
+            Some(r) => {
+                if let Err(e) = r {
+                    head_too_large(&e, &ctx);
+                }
+                let _ = tokio::time::timeout(ctx.timeouts.client_idle.0, &mut *conn).await;
                 return;
             }
-            Some(Ok(())) => {}
         }
         let parts = conn.into_parts();
         (io, service) = (parts.io, parts.service);
@@ -204,10 +214,9 @@ pub async fn serve(
             tracing::debug!(bytes = unread, "parked with bytes unread: closing");
             return;
         }
-        // Not parked: the client closed, or the connection was not to be
-        // kept (`Connection: close`, HTTP/1.0, draining).
-        if !state.parked.get() || !watcher.park(io.inner().get_ref().tcp()).await {
-            // End the stream as hyper would have (TLS: close_notify).
+        if !watcher.park(io.inner().get_ref().tcp()).await {
+            // Idle past clientIdle, or stopping: close as hyper would
+            // (TLS: close_notify).
             let mut stream = io.into_inner();
             let _ = tokio::time::timeout(
                 ctx.timeouts.client_idle.0,
@@ -340,6 +349,10 @@ impl<'a> Watch<'a> {
         if self.draining {
             return false;
         }
+        // No request has begun (that is when it parks): any bytes read
+        // since the last one ended (a stray CRLF) are not a head on the
+        // clock of `headerRead`.
+        self.state.mark.set(self.state.bytes_in.get());
         let t = &self.ctx.timeouts;
         loop {
             tokio::select! {

@@ -69,7 +69,11 @@ impl ConnState {
                 self.write_blocked.set(false);
                 self.unflushed.set(true);
             }
-            Poll::Pending => self.write_blocked.set(true),
+            Poll::Pending => {
+                // hyper keeps what it could not write: not flushed.
+                self.write_blocked.set(true);
+                self.unflushed.set(true);
+            }
             Poll::Ready(Err(_)) => {}
         }
     }
