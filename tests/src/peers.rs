@@ -176,6 +176,29 @@ impl Drop for Daemon {
     }
 }
 
+/// Runs `a` to completion: its standard output; fails (with its output)
+/// on a non-zero exit.
+///
+/// # Errors
+/// `a` is empty, cannot start, or exits non-zero.
+pub fn run(a: &[String]) -> Result<String> {
+    let (first, rest) = a.split_first().context("empty command")?;
+    let out = Command::new(first)
+        .args(rest)
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("starting {}", shell_line(a)))?;
+    ensure!(
+        out.status.success(),
+        "{} failed ({}): {}{}",
+        shell_line(a),
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
 /// Owned arguments.
 #[must_use]
 pub fn argv(parts: &[&str]) -> Vec<String> {
@@ -378,17 +401,7 @@ pub fn make_cert(bin: &Path, dir: &Scratch) -> Result<(Cert, Vec<String>)> {
         "--dir",
         &to.to_string_lossy(),
     ]);
-    let out = Command::new(&a[0])
-        .args(&a[1..])
-        .output()
-        .context("running lb cert gen")?;
-    ensure!(
-        out.status.success(),
-        "{} failed ({}): {}",
-        shell_line(&a),
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
+    run(&a)?;
     let cert = to.join(format!("{CERT_NAME}.pem"));
     let key = to.join(format!("{CERT_NAME}.key"));
     let combined = to.join(format!("{CERT_NAME}.combined.pem"));

@@ -54,7 +54,7 @@ use lb_tests::{
     harness::pin_to_cpu,
     netns::{Netns, Topology},
     peers::{
-        argv, background_load, busy_pct, cpu_ticks, lb_bin, make_cert, nginx_argv, shell_line,
+        argv, background_load, busy_pct, cpu_ticks, lb_bin, make_cert, nginx_argv, run, shell_line,
         stat_fields, Cert, Daemon, Scratch, CERT_NAME,
     },
     report::{clk_tck, cpu_and_kernel, first_line, fmt, ratio, summarize},
@@ -429,25 +429,6 @@ fn in_ns(ns: &str, rest: &[&str]) -> Vec<String> {
     let mut a = argv(&["nsenter", &format!("--net=/run/netns/{ns}"), "--"]);
     a.extend(rest.iter().map(|&s| s.to_owned()));
     a
-}
-
-/// Runs `a` to completion; fails (with its output) on a non-zero exit.
-fn run(a: &[String]) -> Result<String> {
-    let (first, rest) = a.split_first().context("empty command")?;
-    let out = Command::new(first)
-        .args(rest)
-        .stdin(Stdio::null())
-        .output()
-        .with_context(|| format!("starting {}", shell_line(a)))?;
-    ensure!(
-        out.status.success(),
-        "{} failed ({}): {}{}",
-        shell_line(a),
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// The commands run, in order, for the report.

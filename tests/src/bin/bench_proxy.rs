@@ -442,20 +442,7 @@ fn wrk_number(text: &str, key: &str) -> Option<f64> {
 }
 
 fn run_wrk(t: Target, secs: u32) -> Result<String> {
-    let a = wrk_argv(t, secs);
-    let out = Command::new(&a[0])
-        .args(&a[1..])
-        .output()
-        .context("running wrk")?;
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    ensure!(
-        out.status.success(),
-        "{} failed ({}):\n{text}{}",
-        shell_line(&a),
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(text)
+    lb_tests::peers::run(&wrk_argv(t, secs))
 }
 
 fn saturate(t: Target, pid: Option<u32>, backends: &[u32], secs: u32) -> Result<WrkRun> {
