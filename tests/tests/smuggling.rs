@@ -146,14 +146,17 @@ fn ambiguous_requests_get_400_and_never_reach_the_backend() {
 fn both_lengths_behind_good_requests_on_one_connection_get_400_and_close_it() {
     // Good requests first: an upgrade lb does not take, a length and a
     // chunk size with many leading zeros, bodies whose bytes look like
-    // heads. The conflicting head is found where it really is.
+    // heads. The conflicting head is found where it really is. The bodies
+    // go to `/upload`, which reads them (a backend that answers without
+    // reading a body may close its connection, and a POST on it then races
+    // the close).
     let (mut lb, b, listen, admin, _dir) = start();
     let decoy = "Content-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n";
     let zeros = "0".repeat(200);
     let raw = format!(
         "GET /up HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n\
-         POST /one HTTP/1.1\r\nHost: x\r\nContent-Length: {zeros}{len}\r\n\r\n{decoy}\
-         POST /two HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n\
+         POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: {zeros}{len}\r\n\r\n{decoy}\
+         POST /upload HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n\
          {zeros}{hex:x}\r\n{decoy}\r\n0\r\n\r\n\
          POST /three HTTP/1.1\r\nHost: x\r\nContent-Length: 6\r\n\
          Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n{SMUGGLED}",
@@ -178,6 +181,11 @@ fn both_lengths_behind_good_requests_on_one_connection_get_400_and_close_it() {
     assert!(
         got.contains("both Content-Length and Transfer-Encoding"),
         "the 400 says why: {got}"
+    );
+    assert_eq!(
+        got.matches(&format!("received {}\n", decoy.len())).count(),
+        2,
+        "each body reached the backend whole, as a body: {got}"
     );
     assert!(
         !got.contains("/smuggled") && !got.contains("/three"),
