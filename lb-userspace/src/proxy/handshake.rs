@@ -16,16 +16,16 @@
 //! socket, then close: the client's TLS library reports it, nothing is
 //! silent. Anything that goes wrong ends that connection alone, counted.
 
-use std::{cell::Cell, os::fd::AsRawFd as _, rc::Rc, sync::Arc};
+use std::{cell::Cell, io, os::fd::AsRawFd as _, rc::Rc, sync::Arc};
 
-use rustls::HandshakeKind;
+use rustls::{server::Acceptor, HandshakeKind};
 use tokio::{net::TcpStream, sync::Notify, time::Instant};
-use tokio_rustls::LazyConfigAcceptor;
 
 use super::{
     admit,
     counters::TlsCounters,
     io::{send_raw, ClientStream},
+    tls_stream::TlsStream,
     FrontendCtx,
 };
 use crate::{config::Gate, limits::Axis, tls::FrontendTls};
@@ -124,8 +124,7 @@ pub async fn run(
         c.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     };
     let deadline = Instant::now() + tls.handshake_timeout;
-    let hello = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), stream);
-    let start = match tokio::time::timeout_at(deadline, hello).await {
+    let hello = match tokio::time::timeout_at(deadline, read_client_hello(&stream)).await {
         Err(_) => {
             bump(&tc.timeouts);
             return None;
@@ -135,7 +134,7 @@ pub async fn run(
             tracing::debug!(frontend = %ctx.info().name, error = %e, "not a TLS ClientHello");
             return None;
         }
-        Ok(Ok(start)) => start,
+        Ok(Ok(hello)) => hello,
     };
     // At most two session lookups in the cluster's Redis for this
     // handshake, however many identities its ClientHello offers.
@@ -165,11 +164,17 @@ pub async fn run(
         },
     };
     // rustls processes the ClientHello (and looks up any session it
-    // offers) within `into_stream`.
+    // offers) within `TlsStream::new`.
     crate::tls::take_resumption_offer();
-    let accept = start.into_stream(Arc::clone(&tls.config));
+    let started = TlsStream::new(stream, Arc::clone(&tls.config), hello);
     let offered = crate::tls::take_resumption_offer();
-    let stream = match tokio::time::timeout_at(deadline, accept).await {
+    let finished = match started {
+        Ok(mut s) => tokio::time::timeout_at(deadline, s.handshake())
+            .await
+            .map(|done| done.map(|()| s)),
+        Err(e) => Ok(Err(e)),
+    };
+    let stream = match finished {
         // A handshake that fails here may have cost the server its key
         // exchange and signature: it is charged to maxSslRate as a full one.
         Err(_) => {
@@ -185,22 +190,50 @@ pub async fn run(
         }
         Ok(Ok(s)) => s,
     };
-    let mut stream = stream;
-    // rustls keeps records not yet sent (to a client that reads slowly)
-    // besides what hyper queues, up to `maxBufferSize`: one record, not
-    // rustls's default 64 KiB.
-    stream.get_mut().1.set_buffer_limit(Some(TLS_SEND_BUFFER));
-    count(ctx, tc, stream.get_ref().1, offered);
+    count(ctx, tc, stream.tls(), offered);
     Some((ClientStream::Tls(Box::new(stream)), Held(permits)))
 }
 
-/// The most rustls holds of encrypted records a client has not taken yet:
-/// one full record.
-const TLS_SEND_BUFFER: usize = 16 * 1024;
+/// Reads until a whole ClientHello has come (checked by rustls's
+/// `Acceptor`, which sends the alert for one that is not); the bytes read,
+/// to start the connection with.
+async fn read_client_hello(tcp: &TcpStream) -> io::Result<Vec<u8>> {
+    let mut acceptor = Acceptor::default();
+    let mut raw = Vec::new();
+    loop {
+        tcp.readable().await?;
+        let start = raw.len();
+        raw.resize(start + 4096, 0);
+        match tcp.try_read(&mut raw[start..]) {
+            Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+            Ok(n) => raw.truncate(start + n),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                raw.truncate(start);
+                continue;
+            }
+            Err(e) => return Err(e),
+        }
+        let mut fresh = &raw[start..];
+        while !fresh.is_empty() {
+            acceptor.read_tls(&mut fresh)?;
+        }
+        match acceptor.accept() {
+            Ok(None) => {}
+            Ok(Some(_)) => return Ok(raw),
+            Err((e, mut alert)) => {
+                let mut record = Vec::new();
+                if alert.write_all(&mut record).is_ok() {
+                    send_raw(tcp.as_raw_fd(), &record);
+                }
+                return Err(io::Error::new(io::ErrorKind::InvalidData, e));
+            }
+        }
+    }
+}
 
 /// Counts a finished handshake, and a full one after an `offered`
 /// session as a resumption miss; a full one is charged to `maxSslRate`.
-fn count(ctx: &FrontendCtx, tc: &TlsCounters, conn: &rustls::ServerConnection, offered: bool) {
+fn count(ctx: &FrontendCtx, tc: &TlsCounters, conn: &rustls::CommonState, offered: bool) {
     use std::sync::atomic::Ordering::Relaxed;
     if conn.handshake_kind() == Some(HandshakeKind::Resumed) {
         match conn.protocol_version() {

@@ -364,7 +364,7 @@ pub enum ClientStream {
     /// Plain TCP.
     Plain(SendStream),
     /// TLS over TCP, after the handshake.
-    Tls(Box<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>),
+    Tls(Box<super::tls_stream::TlsStream>),
 }
 
 impl ClientStream {
@@ -384,7 +384,7 @@ impl ClientStream {
     pub fn alpn_h2(&self) -> Option<bool> {
         match self {
             Self::Plain(_) => None,
-            Self::Tls(s) => Some(s.get_ref().1.alpn_protocol() == Some(b"h2")),
+            Self::Tls(s) => Some(s.tls().alpn_protocol() == Some(b"h2")),
         }
     }
 
@@ -393,7 +393,7 @@ impl ClientStream {
     pub fn tcp(&self) -> &tokio::net::TcpStream {
         match self {
             Self::Plain(s) => &s.0,
-            Self::Tls(s) => s.get_ref().0,
+            Self::Tls(s) => s.tcp(),
         }
     }
 

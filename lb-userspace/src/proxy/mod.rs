@@ -12,6 +12,8 @@
 //! - [`tries`]: backend tries and retries, for both modes;
 //! - [`pace`]: accept pacing (`rateLimitSessions`, `maxSslRate`);
 //! - [`handshake`]: TLS handshakes, the per-CPU gate, the SSL limits;
+//! - [`tls_stream`]: the TLS stream of a client connection, which holds
+//!   no buffer while it idles;
 //! - [`admit`]: `maxConn` and `maxSessRate` on connections and requests;
 //! - [`upstream`]: backend connections, per worker;
 //! - [`h1`]: HTTP/1.1 to backends inside the request's task;
@@ -32,6 +34,7 @@ pub mod io;
 pub mod listen;
 pub mod pace;
 pub mod tcp;
+pub mod tls_stream;
 pub mod tries;
 pub mod upstream;
 pub mod worker;

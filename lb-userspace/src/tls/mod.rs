@@ -17,7 +17,7 @@ pub mod certs;
 pub mod cluster;
 pub mod farm;
 #[cfg(test)]
-mod testkit;
+pub(crate) mod testkit;
 pub mod tickets;
 
 use std::{path::PathBuf, sync::Arc, time::Duration};
