@@ -133,8 +133,12 @@ fn opens_h2(seen: u64, read: &[u8]) -> Option<bool> {
 /// How long an idle connection waits for its next request before it
 /// parks. A client sending requests back to back never parks (a park and a
 /// new hyper connection cost a TLS keep-alive request about 15% more CPU);
-/// a connection idle longer gives its buffers back.
-pub const PARK_AFTER: Duration = Duration::from_millis(100);
+/// a connection idle longer gives its buffers back. Short, so that few
+/// connections hold hyper's buffers at once (100 ms cost 0.5 KiB per
+/// connection in `bench memory`, through the allocator's high-water mark). Short, so that few
+/// connections hold hyper's buffers at once (100 ms cost 0.5 KiB per
+/// connection in `bench memory`, through the allocator's high-water mark).
+pub const PARK_AFTER: Duration = Duration::from_millis(25);
 
 /// A stream that counts its bytes into a [`ConnState`].
 ///

@@ -1400,8 +1400,8 @@ fn lb_breakdown(all: &AllRuns) -> String {
     format!(
         "## Where lb's memory goes\n\n\
          lb holds {lb:.1} KiB per idle connection here; the target allows {bound:.1} KiB. \
-         What follows was measured by hand at lb 6750846 (2026-12-07, this machine), not by \
-         this run: lb started under `heaptrack`, 4000 idle connections opened with this \
+         What follows was measured by hand at lb 6750846 (2026-12-07, this machine), \
+         before lb had its own TLS stream, not by this run: lb started under `heaptrack`, 4000 idle connections opened with this \
          program's `--hold`; heaptrack's peak (all 4000 held) divided by 4000. It came to \
          10.1 KiB of heap per connection, 11.0 KiB resident (VmRSS) in that run.\n\n\
          | what each idle connection holds | heap KiB | owner |\n|---|---|---|\n\
@@ -1418,7 +1418,7 @@ fn lb_breakdown(all: &AllRuns) -> String {
          How it came down from 23.1 KiB (2026-11-22), each measured with `--hold` at 4000 \
          connections:\n\n\
          - HTTP/1.1 over TLS is served one hyper `http1` connection at a time: when hyper \
-         asks for the next request and no byte of one has arrived for 100 ms, lb's stream \
+         asks for the next request and no byte of one has arrived for 25 ms, lb's stream \
          wrapper answers end-of-stream, hyper's connection ends and hands the stream back, \
          and the connection waits on its bare socket with none of hyper's buffers (8 KiB \
          to read, 8 to write). See docs/architecture.md. Parking at once instead of after \
@@ -1432,13 +1432,20 @@ fn lb_breakdown(all: &AllRuns) -> String {
          - The handshake, refusals and TCP serving are boxed futures, so the connection's \
          task keeps no room for them while it idles: 4560 → 1152 bytes of future (22.8 → \
          16.7 KiB before the `Host` fix; 12.1 → 11.0 after it).\n\n\
+         - The TLS read buffer (the table's first row) is gone: lb's TLS stream \
+         (`proxy/tls_stream.rs`) drives rustls's unbuffered API, reads and seals in \
+         per-worker buffers, and holds bytes of its own only while they wait. Full run \
+         (2026-12-07): 11.3 → 7.4 KiB, 0.49× HAProxy.\n\
+         - Parking after 25 ms instead of 100: fewer connections hold hyper's buffers at \
+         once while connections open, so the allocator's high-water mark is lower. Full \
+         run (2026-12-07): 7.5 → 7.0 KiB; lb's CPU per TLS keep-alive request unchanged \
+         (30.8–40.3 µs against 33.2–41.0, wrk -c20, three interleaved rounds).\n\n\
          HAProxy and nginx keep no I/O buffer on an idle keep-alive connection (HAProxy \
          sets `SSL_MODE_RELEASE_BUFFERS`, nginx calls `ngx_ssl_free_buffer`): what they \
-         keep is mostly OpenSSL's per-connection state. lb now keeps no HTTP buffer either; \
-         what stands between it and {bound:.1} KiB is rustls's 4 KiB read buffer. \
-         rustls's buffered API has no way to free it, so it needs the unbuffered API \
-         (`UnbufferedServerConnection`) reading into a per-worker buffer, and a TLS stream \
-         of lb's own over it. Estimate, not measured: about 6–7 KiB, 0.45× HAProxy.\n",
+         keep is mostly OpenSSL's per-connection state. lb keeps no I/O buffer either now; \
+         what is left is the table's other rows: the task, rustls's connection state, the \
+         AEAD keys, lb's per-connection state, and the allocator's share of buffers \
+         freed by connections that parked.\n",
         bound = TARGET_RATIO * h
     )
 }
