@@ -220,31 +220,28 @@ fn pump(
     sink: &mut Sink<'_, '_>,
     mut write: Option<Writer<'_>>,
 ) -> (usize, io::Result<Step>) {
+    // Every record `r` holds, into the sink (two types, one method).
+    macro_rules! take_records {
+        ($r:ident, $discard:ident) => {
+            loop {
+                match $r.next_record() {
+                    None => break None,
+                    Some(Err(e)) => break Some(Err(invalid(e))),
+                    Some(Ok(record)) => {
+                        $discard += record.discard;
+                        sink.take_plain(record.payload);
+                    }
+                }
+            }
+        };
+    }
     let mut used = 0;
     loop {
         let UnbufferedStatus { mut discard, state } = conn.process_tls_records(&mut input[used..]);
         let step = match state {
             Err(e) => Some(Err(invalid(e))),
-            Ok(ConnectionState::ReadTraffic(mut r)) => loop {
-                match r.next_record() {
-                    None => break None,
-                    Some(Err(e)) => break Some(Err(invalid(e))),
-                    Some(Ok(record)) => {
-                        discard += record.discard;
-                        sink.take_plain(record.payload);
-                    }
-                }
-            },
-            Ok(ConnectionState::ReadEarlyData(mut r)) => loop {
-                match r.next_record() {
-                    None => break None,
-                    Some(Err(e)) => break Some(Err(invalid(e))),
-                    Some(Ok(record)) => {
-                        discard += record.discard;
-                        sink.take_plain(record.payload);
-                    }
-                }
-            },
+            Ok(ConnectionState::ReadTraffic(mut r)) => take_records!(r, discard),
+            Ok(ConnectionState::ReadEarlyData(mut r)) => take_records!(r, discard),
             Ok(ConnectionState::EncodeTlsData(mut e)) => {
                 append(sink.tls, 1024, |b| e.encode(b), encode_short)
                     .err()
@@ -671,31 +668,43 @@ mod tests {
     use super::*;
     use crate::tls::testkit::tls_pair;
 
-    /// A connected pair: lb's stream after its handshake, and a
-    /// tokio-rustls client, both TLS `version`.
-    async fn pair(
-        version: &'static rustls::SupportedProtocolVersion,
-    ) -> (TlsStream, tokio_rustls::client::TlsStream<TcpStream>) {
-        let (server, cert, key, client) = tls_pair(version);
-        let server = Arc::new(server.with_single_cert(vec![cert], key).unwrap());
+    type Client = tokio_rustls::client::TlsStream<TcpStream>;
+
+    /// A handshake over loopback between lb's stream (TLS `server`) and a
+    /// tokio-rustls client (TLS `client`): how it ended on each side.
+    async fn handshake(
+        server: &'static rustls::SupportedProtocolVersion,
+        client: &'static rustls::SupportedProtocolVersion,
+    ) -> (io::Result<TlsStream>, io::Result<Client>) {
+        let (config, cert, key, trusting) = tls_pair(server);
+        let config = Arc::new(config.with_single_cert(vec![cert], key).unwrap());
+        let trusting = if std::ptr::eq(server, client) {
+            trusting
+        } else {
+            tls_pair(client).3
+        };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let connect = async {
             let tcp = TcpStream::connect(addr).await.unwrap();
             let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
-            tokio_rustls::TlsConnector::from(client)
+            tokio_rustls::TlsConnector::from(trusting)
                 .connect(name, tcp)
                 .await
-                .unwrap()
         };
         let accept = async {
             let (tcp, _) = listener.accept().await.unwrap();
-            let mut s = TlsStream::new(tcp, server, Vec::new()).unwrap();
-            s.handshake().await.unwrap();
-            s
+            let mut s = TlsStream::new(tcp, config, Vec::new())?;
+            s.handshake().await.map(|()| s)
         };
         let (c, s) = tokio::join!(connect, accept);
         (s, c)
+    }
+
+    /// A connected pair, both TLS `version`.
+    async fn pair(version: &'static rustls::SupportedProtocolVersion) -> (TlsStream, Client) {
+        let (s, c) = handshake(version, version).await;
+        (s.unwrap(), c.unwrap())
     }
 
     fn pattern(len: usize) -> Vec<u8> {
@@ -852,25 +861,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_failed_handshake_sends_the_alert_rustls_chose() {
-        let (server, cert, key, _) = tls_pair(&rustls::version::TLS13);
-        let server = Arc::new(server.with_single_cert(vec![cert], key).unwrap());
-        let (_, _, _, client) = tls_pair(&rustls::version::TLS12);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let connect = async {
-            let tcp = TcpStream::connect(addr).await.unwrap();
-            let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
-            tokio_rustls::TlsConnector::from(client)
-                .connect(name, tcp)
-                .await
-                .unwrap_err()
-        };
-        let accept = async {
-            let (tcp, _) = listener.accept().await.unwrap();
-            let mut s = TlsStream::new(tcp, server, Vec::new()).unwrap();
-            s.handshake().await.unwrap_err()
-        };
-        let (client_error, server_error) = tokio::join!(connect, accept);
+        let (s, c) = handshake(&rustls::version::TLS13, &rustls::version::TLS12).await;
+        let (server_error, client_error) = (s.unwrap_err(), c.unwrap_err());
         assert_eq!(server_error.kind(), io::ErrorKind::InvalidData);
         assert!(
             client_error.to_string().contains("ProtocolVersion"),
