@@ -685,6 +685,12 @@ impl Scrape {
                 "TLS handshakes refused by the per-CPU gate (maxActiveHandshakes).",
                 per(|t| t.gate_refused),
             )?;
+            counter(
+                enc,
+                "lb_tls_handshakes_abandoned",
+                "ClientHellos dropped unanswered because the client had closed already, per CPU.",
+                per(|t| t.abandoned),
+            )?;
             gauge(
                 enc,
                 "lb_tls_handshakes_in_flight",

@@ -75,6 +75,10 @@ pub struct TlsCounters {
     pub timeouts: AtomicU64,
     /// Refused by the gate (`maxActiveHandshakes` on this CPU).
     pub gate_refused: AtomicU64,
+    /// ClientHellos whose client had closed the connection by the time lb
+    /// came to answer (a storm's leftovers in the backlog): dropped before
+    /// any key exchange, not charged to `maxSslRate`.
+    pub abandoned: AtomicU64,
     /// Accepts that waited for `maxSslRate`.
     pub rate_paused: AtomicU64,
     /// Handshakes in the gate now (ClientHello read, Finished not yet).
@@ -101,6 +105,8 @@ pub struct TlsTotals {
     pub timeouts: u64,
     /// Refused by the per-CPU gate.
     pub gate_refused: u64,
+    /// Dropped unanswered: the client had closed already.
+    pub abandoned: u64,
     /// Accepts paused by `maxSslRate`.
     pub rate_paused: u64,
     /// In a handshake gate now, summed.
@@ -120,6 +126,7 @@ impl TlsTotals {
         self.failed += r(&c.failed);
         self.timeouts += r(&c.timeouts);
         self.gate_refused += r(&c.gate_refused);
+        self.abandoned += r(&c.abandoned);
         self.rate_paused += r(&c.rate_paused);
         self.in_flight += r(&c.in_flight);
         self.peak_in_flight = self.peak_in_flight.max(r(&c.peak_in_flight));
@@ -134,6 +141,7 @@ impl TlsTotals {
         self.failed += o.failed;
         self.timeouts += o.timeouts;
         self.gate_refused += o.gate_refused;
+        self.abandoned += o.abandoned;
         self.rate_paused += o.rate_paused;
         self.in_flight += o.in_flight;
         self.peak_in_flight = self.peak_in_flight.max(o.peak_in_flight);

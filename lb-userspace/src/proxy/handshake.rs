@@ -1,12 +1,15 @@
 //! TLS handshakes of a frontend with `tls`, on one worker.
 //!
 //! In order, each bounded by the frontend's `handshakeTimeout` from accept:
-//! 1. read the ClientHello;
+//! 1. read the ClientHello (a client that closed while its connection
+//!    waited in the backlog never gets here: the accept loop drops it,
+//!    counted `abandoned`; see [`peer_closed`]);
 //! 2. take a `maxSslConn` slot at every level (over: a fatal alert);
 //! 3. pass the worker's handshake gate: at most `maxActiveHandshakes`
 //!    handshakes between ClientHello and Finished on this worker, per
 //!    frontend, as BIG-IP's max active handshakes per TMM; over it a fatal
-//!    alert at once (`gate = "reject"`) or a wait for a slot (`"wait"`);
+//!    alert at once (`gate = "reject"`) or a wait for a slot (`"wait"`),
+//!    after which a client that closed meanwhile is dropped, `abandoned`;
 //! 4. finish the handshake with the shared rustls configuration (so any
 //!    worker resumes what any other started), count it full or resumed,
 //!    and charge a full one to `maxSslRate` (the accept loop pauses while
@@ -163,6 +166,13 @@ pub async fn run(
             }
         },
     };
+    // A client that closed while it waited for the gate gets no key
+    // exchange and is not charged (as one that closed in the backlog: see
+    // `peer_closed`).
+    if tls.gate == Gate::Wait && _slot.is_some() && peer_closed(fd) {
+        bump(&tc.abandoned);
+        return None;
+    }
     // rustls processes the ClientHello (and looks up any session it
     // offers) within `TlsStream::new`.
     crate::tls::take_resumption_offer();
@@ -229,6 +239,34 @@ async fn read_client_hello(tcp: &TcpStream) -> io::Result<Vec<u8>> {
             }
         }
     }
+}
+
+/// Whether the client of a connection whose handshake has not finished
+/// has closed its side (the kernel has its FIN: TCP state `CLOSE_WAIT`).
+/// Such a client cannot finish a handshake, so it gets no key exchange and
+/// no charge to `maxSslRate`. Above all after a storm that held
+/// `maxSslRate`: the backlog then holds thousands of connections whose
+/// clients gave up, and answering each at the rate would keep the real
+/// clients behind them waiting for as many seconds. The accept loop asks
+/// this of each connection it takes on a TLS frontend, before any read.
+pub fn peer_closed(fd: std::os::fd::RawFd) -> bool {
+    /// `TCP_CLOSE_WAIT` in the kernel's `include/net/tcp_states.h`.
+    const TCP_CLOSE_WAIT: u8 = 8;
+    // SAFETY: all zeros is a valid `tcp_info` (plain integers).
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    // SAFETY: the caller owns `fd` for the whole call; the kernel writes
+    // at most `len` bytes into `info`.
+    let r = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            std::ptr::from_mut(&mut info).cast(),
+            &mut len,
+        )
+    };
+    r == 0 && len >= 1 && info.tcpi_state == TCP_CLOSE_WAIT
 }
 
 /// Counts a finished handshake, and a full one after an `offered`
