@@ -688,7 +688,7 @@ impl Scrape {
             counter(
                 enc,
                 "lb_tls_handshakes_abandoned",
-                "ClientHellos dropped unanswered because the client had closed already, per CPU.",
+                "TLS connections closed unanswered because their client had closed them already, per CPU.",
                 per(|t| t.abandoned),
             )?;
             gauge(

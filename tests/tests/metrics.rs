@@ -656,6 +656,7 @@ backends = ["{b}"]
             ("lb_tls_gate_refused_total", "gateRefused"),
             ("lb_tls_resumption_misses_total", "resumptionMisses"),
             ("lb_tls_rate_paused_total", "ratePaused"),
+            ("lb_tls_handshakes_abandoned_total", "abandoned"),
         ] {
             assert_eq!(s.count(metric, &l), same_cpu(key), "{metric} cpu {cpu}");
         }

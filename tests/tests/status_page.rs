@@ -369,6 +369,7 @@ fn check_page(m: &BTreeMap<String, String>, want: &Value, after: &Value) {
                 "timeouts",
                 "gateRefused",
                 "ratePaused",
+                "abandoned",
             ] {
                 check(m, &format!("{p}tls.{k}"), n(&f["tls"][k]));
             }
@@ -398,6 +399,7 @@ fn check_page(m: &BTreeMap<String, String>, want: &Value, after: &Value) {
             "timeouts",
             "gateRefused",
             "ratePaused",
+            "abandoned",
         ] {
             check(m, &format!("{p}tls.{k}"), n(&t[k]));
         }

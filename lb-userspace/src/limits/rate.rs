@@ -95,6 +95,20 @@ impl RateGate {
             }
         }
     }
+
+    /// Gives back a token taken for what did not happen after all (a
+    /// connection accepted and found abandoned by its client): only a
+    /// gate in debt gets it, never more than its burst.
+    pub fn give_back(&self) {
+        let interval = self.interval_ns.load(Relaxed);
+        if interval == 0 {
+            return;
+        }
+        let now = self.now_ns();
+        let _ = self.tat_ns.fetch_update(Relaxed, Relaxed, |tat| {
+            (tat > now).then(|| tat.saturating_sub(interval).max(now))
+        });
+    }
 }
 
 /// Takes one token from every gate if each has one now; takes nothing and
@@ -135,5 +149,20 @@ mod tests {
         let (a, b) = (RateGate::new(1), RateGate::new(0));
         assert_eq!(try_take_all(&[&a, &b]), Ok(()));
         assert_eq!(try_take_all(&[&b, &a]), Err(1), "a's one token is spent");
+    }
+
+    #[test]
+    fn a_token_given_back_can_be_taken_again_but_adds_no_burst() {
+        let g = RateGate::new(1);
+        g.take();
+        assert!(!g.wait().is_zero(), "the one token is spent");
+        g.give_back();
+        assert!(g.wait().is_zero(), "given back");
+        g.give_back();
+        g.take();
+        assert!(
+            !g.wait().is_zero(),
+            "a give-back on a full gate adds nothing"
+        );
     }
 }

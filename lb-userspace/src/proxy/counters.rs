@@ -69,15 +69,17 @@ pub struct TlsCounters {
     /// evicted, Redis down).
     pub resumption_misses: AtomicU64,
     /// Handshakes that failed: not TLS, no shared version or suite, an
-    /// unknown SNI with `unknownSni = "alert"`, a client that gave up.
+    /// unknown SNI with `unknownSni = "alert"`, a client that gave up during
+    /// the handshake.
     pub failed: AtomicU64,
     /// Handshakes aborted at `handshakeTimeout`.
     pub timeouts: AtomicU64,
     /// Refused by the gate (`maxActiveHandshakes` on this CPU).
     pub gate_refused: AtomicU64,
-    /// ClientHellos whose client had closed the connection by the time lb
-    /// came to answer (a storm's leftovers in the backlog): dropped before
-    /// any key exchange, not charged to `maxSslRate`.
+    /// Connections closed unanswered because their client had closed (or
+    /// reset) them already: at accept (a storm's leftovers in the backlog)
+    /// or after a wait for the gate. No key exchange, no charge to
+    /// `maxSslRate`, no `rateLimitSessions` token.
     pub abandoned: AtomicU64,
     /// Accepts that waited for `maxSslRate`.
     pub rate_paused: AtomicU64,

@@ -61,17 +61,25 @@ impl HandshakeGate {
         self.active.get()
     }
 
-    /// A place when fewer than `max` are in flight; with `Gate::Wait`,
-    /// waits for one until `deadline`. None: refused.
-    async fn enter(self: &Rc<Self>, max: u64, mode: Gate, deadline: Instant) -> Option<GateSlot> {
+    /// A place when fewer than `max` are in flight, and whether it had to
+    /// wait for it; with `Gate::Wait`, waits for one until `deadline`.
+    /// None: refused.
+    async fn enter(
+        self: &Rc<Self>,
+        max: u64,
+        mode: Gate,
+        deadline: Instant,
+    ) -> Option<(GateSlot, bool)> {
+        let mut waited = false;
         loop {
             if self.active.get() < max {
                 self.active.set(self.active.get() + 1);
-                return Some(GateSlot(Rc::clone(self)));
+                return Some((GateSlot(Rc::clone(self)), waited));
             }
             if mode == Gate::Reject {
                 return None;
             }
+            waited = true;
             tokio::time::timeout_at(deadline, self.freed.notified())
                 .await
                 .ok()?;
@@ -146,14 +154,14 @@ pub async fn run(
         send_raw(fd, ALERT_INTERNAL_ERROR);
         return None;
     };
-    let _slot = match ctx
+    let (_slot, waited) = match ctx
         .shared
         .live
         .tightest(ctx.index, Axis::MaxActiveHandshakes)
     {
-        None => None,
+        None => (None, false),
         Some((max, level)) => match ctx.handshakes.enter(max, tls.gate, deadline).await {
-            Some(slot) => Some(InGate::new(slot, tc)),
+            Some((slot, waited)) => (Some(InGate::new(slot, tc)), waited),
             None => {
                 bump(&tc.gate_refused);
                 ctx.refused(
@@ -169,7 +177,7 @@ pub async fn run(
     // A client that closed while it waited for the gate gets no key
     // exchange and is not charged (as one that closed in the backlog: see
     // `peer_closed`).
-    if tls.gate == Gate::Wait && _slot.is_some() && peer_closed(fd) {
+    if waited && peer_closed(fd) {
         bump(&tc.abandoned);
         return None;
     }
@@ -242,7 +250,8 @@ async fn read_client_hello(tcp: &TcpStream) -> io::Result<Vec<u8>> {
 }
 
 /// Whether the client of a connection whose handshake has not finished
-/// has closed its side (the kernel has its FIN: TCP state `CLOSE_WAIT`).
+/// has closed its side (the kernel has its FIN: TCP state `CLOSE_WAIT`) or
+/// reset it (`CLOSE`).
 /// Such a client cannot finish a handshake, so it gets no key exchange and
 /// no charge to `maxSslRate`. Above all after a storm that held
 /// `maxSslRate`: the backlog then holds thousands of connections whose
@@ -250,7 +259,9 @@ async fn read_client_hello(tcp: &TcpStream) -> io::Result<Vec<u8>> {
 /// clients behind them waiting for as many seconds. The accept loop asks
 /// this of each connection it takes on a TLS frontend, before any read.
 pub fn peer_closed(fd: std::os::fd::RawFd) -> bool {
-    /// `TCP_CLOSE_WAIT` in the kernel's `include/net/tcp_states.h`.
+    /// `TCP_CLOSE` and `TCP_CLOSE_WAIT` in the kernel's
+    /// `include/net/tcp_states.h`.
+    const TCP_CLOSE: u8 = 7;
     const TCP_CLOSE_WAIT: u8 = 8;
     // SAFETY: all zeros is a valid `tcp_info` (plain integers).
     let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
@@ -266,7 +277,7 @@ pub fn peer_closed(fd: std::os::fd::RawFd) -> bool {
             &mut len,
         )
     };
-    r == 0 && len >= 1 && info.tcpi_state == TCP_CLOSE_WAIT
+    r == 0 && len >= 1 && matches!(info.tcpi_state, TCP_CLOSE | TCP_CLOSE_WAIT)
 }
 
 /// Counts a finished handshake, and a full one after an `offered`

@@ -186,11 +186,16 @@ async fn accept_loop(
         let fc = ctx.counters();
         fc.accepted.fetch_add(1, Relaxed);
         // A TLS client that closed while it waited in the backlog: closed
-        // unanswered, before any read (see `handshake::peer_closed`). That
-        // costs a few microseconds, so the open connections get their turn
-        // after every 16 of them, not after each.
+        // unanswered, before any read (see `handshake::peer_closed`), and
+        // the rateLimitSessions token taken for it given back, so that a
+        // backlog of them drains at accept speed. That costs a few
+        // microseconds each, so the open connections get their turn after
+        // every 16 of them, not after each.
         if tls.is_some() && super::handshake::peer_closed(stream.as_raw_fd()) {
             fc.tls.abandoned.fetch_add(1, Relaxed);
+            for g in &gates {
+                g.give_back();
+            }
             drop(stream);
             dropped_in_row += 1;
             if dropped_in_row == 16 {
