@@ -135,8 +135,6 @@ fn opens_h2(seen: u64, read: &[u8]) -> Option<bool> {
 /// new hyper connection cost a TLS keep-alive request about 15% more CPU);
 /// a connection idle longer gives its buffers back. Short, so that few
 /// connections hold hyper's buffers at once (100 ms cost 0.5 KiB per
-/// connection in `bench memory`, through the allocator's high-water mark). Short, so that few
-/// connections hold hyper's buffers at once (100 ms cost 0.5 KiB per
 /// connection in `bench memory`, through the allocator's high-water mark).
 pub const PARK_AFTER: Duration = Duration::from_millis(25);
 
