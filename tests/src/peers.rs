@@ -373,8 +373,8 @@ pub fn lb_bin(bench: &str) -> Result<PathBuf> {
 /// clients send).
 pub const CERT_NAME: &str = "bench.test";
 
-/// The certificate files `lb cert gen` writes, and the certificate and key
-/// in one PEM for HAProxy's `crt`.
+/// The certificate files `lb cert gen` (or [`make_rsa_cert`]) writes, and
+/// the certificate and key in one PEM for HAProxy's `crt`.
 pub struct Cert {
     /// `bench.test.pem`.
     pub cert: PathBuf,
@@ -384,14 +384,14 @@ pub struct Cert {
     pub combined: PathBuf,
 }
 
-/// `lb cert gen --name bench.test --dir DIR/cert` with `bin`, and the
-/// combined PEM; returns the command it ran too, for the report.
+/// `lb cert gen --name bench.test --dir DIR/cert` with `bin` (ECDSA
+/// P-256), and the combined PEM; returns the command it ran too, for the
+/// report.
 ///
 /// # Errors
 /// `lb cert gen` failed, or a file could not be read or written.
 pub fn make_cert(bin: &Path, dir: &Scratch) -> Result<(Cert, Vec<String>)> {
-    let to = dir.0.join("cert");
-    std::fs::create_dir_all(&to).with_context(|| format!("creating {}", to.display()))?;
+    let to = cert_dir(dir)?;
     let a = argv(&[
         &bin.to_string_lossy(),
         "cert",
@@ -402,18 +402,56 @@ pub fn make_cert(bin: &Path, dir: &Scratch) -> Result<(Cert, Vec<String>)> {
         &to.to_string_lossy(),
     ]);
     run(&a)?;
+    Ok((combine(&to)?, a))
+}
+
+/// A self-signed RSA certificate of `bits` for bench.test (and its SAN)
+/// from `openssl req`, in the same files as [`make_cert`]'s; returns the
+/// command too, for the report.
+///
+/// # Errors
+/// `openssl` failed, or a file could not be read or written.
+pub fn make_rsa_cert(dir: &Scratch, bits: u32) -> Result<(Cert, Vec<String>)> {
+    let to = cert_dir(dir)?;
+    let a = argv(&[
+        "openssl",
+        "req",
+        "-x509",
+        "-newkey",
+        &format!("rsa:{bits}"),
+        "-nodes",
+        "-keyout",
+        &to.join(format!("{CERT_NAME}.key")).to_string_lossy(),
+        "-out",
+        &to.join(format!("{CERT_NAME}.pem")).to_string_lossy(),
+        "-days",
+        "30",
+        "-subj",
+        &format!("/CN={CERT_NAME}"),
+        "-addext",
+        &format!("subjectAltName=DNS:{CERT_NAME}"),
+    ]);
+    run(&a)?;
+    Ok((combine(&to)?, a))
+}
+
+fn cert_dir(dir: &Scratch) -> Result<PathBuf> {
+    let to = dir.0.join("cert");
+    std::fs::create_dir_all(&to).with_context(|| format!("creating {}", to.display()))?;
+    Ok(to)
+}
+
+/// The files in `to`, with the combined PEM written.
+fn combine(to: &Path) -> Result<Cert> {
     let cert = to.join(format!("{CERT_NAME}.pem"));
     let key = to.join(format!("{CERT_NAME}.key"));
     let combined = to.join(format!("{CERT_NAME}.combined.pem"));
     let mut both = std::fs::read_to_string(&cert).context("reading the certificate")?;
     both.push_str(&std::fs::read_to_string(&key).context("reading the key")?);
     std::fs::write(&combined, both).context("writing the combined PEM")?;
-    Ok((
-        Cert {
-            cert,
-            key,
-            combined,
-        },
-        a,
-    ))
+    Ok(Cert {
+        cert,
+        key,
+        combined,
+    })
 }

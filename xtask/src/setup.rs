@@ -6,7 +6,8 @@
 //! - apt: `llvm-22-dev`, `libpolly-22-dev` (bpf-linker links LLVM 22, the LLVM
 //!   of the nightly toolchain), `bpftool` (map dumps, prog runs), `hping3`
 //!   (SYN floods), `iproute2` (namespaces), `ethtool` (the flood benchmark's
-//!   veth offloads), `nftables` (counting SYNs that
+//!   veth offloads), `openssl` (s_client, the flood benchmark's RSA
+//!   certificate), `nftables` (counting SYNs that
 //!   reach the stack, and the benchmark's peers), `curl`, `h2load`
 //!   (nghttp2-client), `wrk` and `ab` (apache2-utils) (proxy and TLS tests,
 //!   benchmarks), `nginx-light`
@@ -35,6 +36,9 @@ const APT: &[(&str, &str)] = &[
     ("util-linux", "/usr/bin/nsenter"),
     // The flood benchmark sets the veths' offloads (GRO on, TSO off).
     ("ethtool", "/usr/sbin/ethtool"),
+    // `openssl s_client` in the TLS tests; the flood benchmark's RSA
+    // certificate (`openssl req`).
+    ("openssl", "/usr/bin/openssl"),
     // Real clients and peers of the proxy tests and benchmarks.
     ("nghttp2-client", "/usr/bin/h2load"),
     ("wrk", "/usr/bin/wrk"),
