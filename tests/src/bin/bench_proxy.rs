@@ -8,9 +8,11 @@
 //! a backend for the proxy tax), the proxy process's CPU time per request
 //! (utime + stime of the process tree from /proc/PID/stat) beside CPU 0's
 //! total busy time per request (/proc/stat, so softirq work shows), and p50 /
-//! p99 latency at a fixed rate of half HAProxy's saturation rate, from an
-//! open-loop client that times each request from its scheduled send time (no
-//! coordinated omission). Every process started here is a child killed by
+//! p99 latency at two fixed rates, from an open-loop client that times each
+//! request from its scheduled send time (no coordinated omission): half load,
+//! the rate at which HAProxy keeps CPU 0 half busy (found by calibration, the
+//! target's rate), and half of HAProxy's saturation rate, where this client
+//! (dearer per request than wrk) brings CPU 1 close to saturation. Every process started here is a child killed by
 //! pid when the run ends, also when it fails.
 
 use std::{
@@ -43,8 +45,14 @@ const CONNS: usize = 50;
 /// The backends' response body: 100 bytes.
 const BODY: &str = "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ\
                     0123456789abcdefghijklmnopqrstuvwxyz01";
-/// The fixed rate of the latency runs, as a share of HAProxy's saturation.
+/// The load of the latency runs that the target is about: the rate at
+/// which HAProxy keeps CPU 0 (its process and the kernel's work for it)
+/// this busy, in %, found by calibration.
+const TARGET_BUSY: f64 = 50.0;
+/// The second latency rate, as a share of HAProxy's saturation rate.
 const LATENCY_LOAD: f64 = 0.5;
+/// Calibration steps (see `calibrate`).
+const CALIBRATION_STEPS: usize = 3;
 /// Busy % of a CPU before the run above which the report says it is unreliable.
 const BACKGROUND_LIMIT: f64 = 5.0;
 /// How long the constant-rate client sends before it starts recording.
@@ -93,6 +101,8 @@ struct Plan {
     runs: usize,
     wrk_secs: u32,
     latency_secs: f64,
+    /// Each calibration step's run (see `calibrate`).
+    calibration_secs: f64,
     warmup_secs: u32,
 }
 
@@ -103,6 +113,7 @@ impl Plan {
                 runs: 1,
                 wrk_secs: 2,
                 latency_secs: 2.0,
+                calibration_secs: 1.0,
                 warmup_secs: 1,
             }
         } else {
@@ -110,6 +121,7 @@ impl Plan {
                 runs: 5,
                 wrk_secs: 10,
                 latency_secs: 10.0,
+                calibration_secs: 3.0,
                 warmup_secs: 2,
             }
         }
@@ -803,13 +815,35 @@ struct Samples {
     cpu1_pct: Vec<f64>,
     backend1_us: Vec<f64>,
     backend2_us: Vec<f64>,
+    /// The fixed-rate runs: [at the target's load, at `LATENCY_LOAD` of
+    /// HAProxy's saturation].
+    lat: [Lat; 2],
+}
+
+/// What the fixed-rate runs at one rate measured, one entry per run.
+#[derive(Default)]
+struct Lat {
     p50: Vec<f64>,
     p99: Vec<f64>,
     achieved: Vec<f64>,
-    lat_cpu0_pct: Vec<f64>,
-    lat_cpu1_pct: Vec<f64>,
-    lat_errors: usize,
-    lat_first_error: Option<String>,
+    cpu0_pct: Vec<f64>,
+    cpu1_pct: Vec<f64>,
+    errors: usize,
+    first_error: Option<String>,
+}
+
+impl Lat {
+    fn add(&mut self, r: RateRun) {
+        self.p50.push(r.p50_us);
+        self.p99.push(r.p99_us);
+        self.achieved.push(r.achieved);
+        self.cpu0_pct.push(r.cpu_pct[0]);
+        self.cpu1_pct.push(r.cpu_pct[1]);
+        self.errors += r.errors;
+        if self.first_error.is_none() {
+            self.first_error = r.first_error;
+        }
+    }
 }
 
 impl Samples {
@@ -828,18 +862,6 @@ impl Samples {
             .push(r.backend_us.first().copied().unwrap_or(f64::NAN));
         self.backend2_us
             .push(r.backend_us.get(1).copied().unwrap_or(f64::NAN));
-    }
-
-    fn add_rate(&mut self, r: RateRun) {
-        self.p50.push(r.p50_us);
-        self.p99.push(r.p99_us);
-        self.achieved.push(r.achieved);
-        self.lat_cpu0_pct.push(r.cpu_pct[0]);
-        self.lat_cpu1_pct.push(r.cpu_pct[1]);
-        self.lat_errors += r.errors;
-        if self.lat_first_error.is_none() {
-            self.lat_first_error = r.first_error;
-        }
     }
 }
 
@@ -889,7 +911,11 @@ struct Report<'a> {
     quick: bool,
     plan: &'a Plan,
     samples: &'a [Samples; 4],
-    rate: f64,
+    /// The fixed rates: [at the target's load, `LATENCY_LOAD` of HAProxy's
+    /// saturation].
+    rates: [f64; 2],
+    /// The calibration's steps: (rate, CPU 0 busy %).
+    calibration: &'a [(f64, f64)],
     fleet_cmds: &'a [(String, String)],
     configs_dir: &'a Path,
     elapsed: Duration,
@@ -964,15 +990,18 @@ impl Report<'_> {
         }
         let _ = writeln!(
             md,
-            "```\n\nFixed rate ({:.0} requests/s = {:.0}% of HAProxy's median saturation rate; \
-             this program's open-loop client: one thread waiting in epoll_pwait2, {CONNS} \
-             keep-alive connections; request k is due at k / rate and goes out on the \
-             longest-idle connection, its latency counted from its due time; {:.1} s unrecorded \
-             warm-up, then {} s), per run:\n\n```",
-            self.rate,
+            "```\n\nFixed rates ({:.0} requests/s, the load of the target, and {:.0} requests/s = \
+             {:.0}% of HAProxy's median saturation rate; this program's open-loop client: one \
+             thread waiting in epoll_pwait2, {CONNS} keep-alive connections; request k is due at \
+             k / rate and goes out on the longest-idle connection, its latency counted from its \
+             due time; {:.1} s unrecorded warm-up, then {} s), per run; first the calibration \
+             ({} s a step, through HAProxy), then each rate:\n\n```",
+            self.rates[0],
+            self.rates[1],
             LATENCY_LOAD * 100.0,
             LATENCY_WARMUP.as_secs_f64(),
-            p.latency_secs
+            p.latency_secs,
+            p.calibration_secs
         );
         for line in self.rate_lines() {
             let _ = writeln!(md, "{line}");
@@ -988,19 +1017,24 @@ impl Report<'_> {
             .collect()
     }
 
-    /// The fixed-rate runs' command lines.
+    /// The fixed-rate runs' command lines: the calibration's, then each
+    /// rate's.
     fn rate_lines(&self) -> Vec<String> {
-        Target::PEERS
+        let line = |t: Target, rate: f64, secs: f64| {
+            format!(
+                "taskset -c {LOAD_CPU} target/release/lb-bench-proxy --load {} --rate {rate:.0} \
+                 --secs {secs}",
+                t.port(),
+            )
+        };
+        self.calibration
             .iter()
-            .map(|&t| {
-                format!(
-                    "taskset -c {LOAD_CPU} target/release/lb-bench-proxy --load {} --rate {:.0} \
-                     --secs {}",
-                    t.port(),
-                    self.rate,
-                    self.plan.latency_secs
-                )
-            })
+            .map(|&(rate, _)| line(Target::Haproxy, rate, self.plan.calibration_secs))
+            .chain(self.rates.iter().flat_map(|&rate| {
+                Target::PEERS
+                    .iter()
+                    .map(move |&t| line(t, rate, self.plan.latency_secs))
+            }))
             .collect()
     }
 
@@ -1067,22 +1101,58 @@ impl Report<'_> {
         let _ = writeln!(md);
     }
 
-    fn latency_table(&self, md: &mut String) {
-        let h = self.s(Target::Haproxy);
+    /// The heading of fixed rate `i`.
+    fn rate_title(&self, i: usize) -> String {
+        if i == 0 {
+            format!(
+                "{:.0} requests/s (HAProxy's CPU {PROXY_CPU} {TARGET_BUSY:.0}% busy)",
+                self.rates[0]
+            )
+        } else {
+            format!(
+                "{:.0} requests/s ({:.0}% of HAProxy's saturation rate)",
+                self.rates[1],
+                LATENCY_LOAD * 100.0
+            )
+        }
+    }
+
+    fn latency_table(&self, md: &mut String, i: usize) {
+        let h = &self.s(Target::Haproxy).lat[i];
+        let _ = writeln!(md, "## Latency at {}\n", self.rate_title(i));
+        if i == 0 {
+            let steps: Vec<String> = self
+                .calibration
+                .iter()
+                .map(|(rate, busy)| format!("{rate:.0}/s: {busy:.0}%"))
+                .collect();
+            let _ = writeln!(
+                md,
+                "The load of the target: the rate at which HAProxy keeps its CPU half busy, \
+                 as an operator sizes a proxy to run at half load. Found by running the \
+                 client through HAProxy and scaling the rate by {TARGET_BUSY:.0}% over CPU \
+                 {PROXY_CPU}'s busy % (steps: {}).\n",
+                steps.join(", ")
+            );
+        } else {
+            let _ = writeln!(
+                md,
+                "Half of HAProxy's saturation rate (wrk): this client costs CPU {LOAD_CPU} \
+                 more per request than wrk does, so at this rate CPU {LOAD_CPU} is close to \
+                 saturated and the latencies are mostly its queueing.\n"
+            );
+        }
         let _ = writeln!(
             md,
-            "## Latency at {:.0} requests/s ({:.0}% of HAProxy's saturation)\n\n\
-             From each request's scheduled send time to its whole response. Achieved: recorded \
+            "From each request's scheduled send time to its whole response. Achieved: recorded \
              responses over the time from the first recorded due time to the last response \
              (below the rate when a peer fell behind).\n\n\
              | peer | p50 µs | vs HAProxy | p99 µs | vs HAProxy | achieved requests/s | \
              CPU {PROXY_CPU} / CPU {LOAD_CPU} busy % | failed connections |\n\
-             |---|---|---|---|---|---|---|---|",
-            self.rate,
-            LATENCY_LOAD * 100.0
+             |---|---|---|---|---|---|---|---|"
         );
         for t in Target::PEERS {
-            let s = self.s(t);
+            let s = &self.s(t).lat[i];
             let _ = writeln!(
                 md,
                 "| {} | {} | {} | {} | {} | {} | {:.0} / {:.0} | {}{} |",
@@ -1092,10 +1162,10 @@ impl Report<'_> {
                 fmt(summarize(s.p99.clone()), 0),
                 ratio(med(&s.p99), med(&h.p99)),
                 fmt(summarize(s.achieved.clone()), 0),
-                med(&s.lat_cpu0_pct),
-                med(&s.lat_cpu1_pct),
-                s.lat_errors,
-                s.lat_first_error
+                med(&s.cpu0_pct),
+                med(&s.cpu1_pct),
+                s.errors,
+                s.first_error
                     .as_deref()
                     .map(|e| format!(" (first: {e})"))
                     .unwrap_or_default()
@@ -1137,10 +1207,14 @@ impl Report<'_> {
                 (r.max - r.min) / r.median * 100.0
             })
             .fold(0.0, f64::max);
-        let lat_cpu1 = Target::PEERS
-            .iter()
-            .map(|&t| med(&self.s(t).lat_cpu1_pct))
-            .fold(0.0, f64::max);
+        let lat_cpu1 = |i: usize| {
+            Target::PEERS
+                .iter()
+                .map(|&t| med(&self.s(t).lat[i].cpu1_pct))
+                .fold(0.0, f64::max)
+        };
+        let (lh, ll, ln) = (&h.lat, &l.lat, &n.lat);
+        let p99_met = med(&ll[0].p99) <= med(&lh[0].p99);
         let _ = writeln!(
             md,
             "## What this shows\n\n\
@@ -1148,9 +1222,11 @@ impl Report<'_> {
              HAProxy, {} nginx). lb's process spent {:.2} µs of CPU per request, HAProxy \
              {:.2} µs and nginx {:.2} µs: lb = {cpu_ratio:.2}× HAProxy, so the target (lb's \
              CPU per request ≤ 1.0× HAProxy's) is **{}**. Counting all of CPU {PROXY_CPU} \
-             (the kernel's work too) lb is at {} HAProxy. At {:.0} requests/s lb's p50/p99 \
-             was {:.0}/{:.0} µs against HAProxy's {:.0}/{:.0} µs and nginx's {:.0}/{:.0} µs. \
-             {}{}{}{}",
+             (the kernel's work too) lb is at {} HAProxy.\n\n\
+             At {} lb's p50/p99 was {:.0}/{:.0} µs against HAProxy's {:.0}/{:.0} µs and \
+             nginx's {:.0}/{:.0} µs: the target (lb's p99 ≤ HAProxy's at half load) is \
+             **{}**. At {} lb's p50/p99 was {:.0}/{:.0} µs, HAProxy's {:.0}/{:.0} µs, \
+             nginx's {:.0}/{:.0} µs. {}{}{}{}",
             med(&l.rps),
             med(&h.rps),
             med(&n.rps),
@@ -1161,13 +1237,21 @@ impl Report<'_> {
             med(&n.proc_us),
             if met { "met" } else { "not met" },
             ratio(med(&l.cpu0_us), med(&h.cpu0_us)),
-            self.rate,
-            med(&l.p50),
-            med(&l.p99),
-            med(&h.p50),
-            med(&h.p99),
-            med(&n.p50),
-            med(&n.p99),
+            self.rate_title(0),
+            med(&ll[0].p50),
+            med(&ll[0].p99),
+            med(&lh[0].p50),
+            med(&lh[0].p99),
+            med(&ln[0].p50),
+            med(&ln[0].p99),
+            if p99_met { "met" } else { "not met" },
+            self.rate_title(1),
+            med(&ll[1].p50),
+            med(&ll[1].p99),
+            med(&lh[1].p50),
+            med(&lh[1].p99),
+            med(&ln[1].p50),
+            med(&ln[1].p99),
             if load_bound {
                 format!(
                     "CPU {LOAD_CPU} (wrk and the backends) was near saturation in at least one \
@@ -1177,16 +1261,18 @@ impl Report<'_> {
             } else {
                 String::new()
             },
-            if lat_cpu1 >= 80.0 {
-                format!(
-                    "At the fixed rate CPU {LOAD_CPU} (the client and the backends) was up to \
-                     {lat_cpu1:.0}% busy, so the latencies include waiting for CPU {LOAD_CPU}, \
-                     the same for every peer; the p99 figures mostly show that and vary from \
-                     run to run. "
-                )
-            } else {
-                String::new()
-            },
+            [0, 1]
+                .iter()
+                .filter(|&&i| lat_cpu1(i) >= 80.0)
+                .map(|&i| format!(
+                    "At {:.0} requests/s CPU {LOAD_CPU} (the client and the backends) was up \
+                     to {:.0}% busy, so those latencies include waiting for CPU {LOAD_CPU}, the \
+                     same for every peer; their p99 figures mostly show that and vary from run \
+                     to run. ",
+                    self.rates[i],
+                    lat_cpu1(i)
+                ))
+                .collect::<String>(),
             if spread > 15.0 {
                 format!(
                     "Requests/s of one peer varied by up to {spread:.0}% between runs (max − min \
@@ -1217,13 +1303,7 @@ impl Report<'_> {
         };
         let haproxy = || Some(Target::Haproxy.name().to_owned());
         let direct = med(&self.s(Target::Direct).rps);
-        let latency = |p: &str| {
-            format!(
-                "{p} latency at {:.0} requests/s ({:.0}% of HAProxy's saturation)",
-                self.rate,
-                LATENCY_LOAD * 100.0
-            )
-        };
+        let latency = |p: &str, i: usize| format!("{p} latency at {}", self.rate_title(i));
         let comparisons = vec![
             Comparison {
                 id: "proxy-rps".into(),
@@ -1248,19 +1328,35 @@ impl Report<'_> {
             },
             Comparison {
                 id: "proxy-p50".into(),
-                title: latency("p50"),
+                title: latency("p50", 0),
                 unit: "µs".into(),
                 lower_is_better: true,
                 baseline: haproxy(),
-                rows: rows(&Target::PEERS, |s| &s.p50),
+                rows: rows(&Target::PEERS, |s| &s.lat[0].p50),
             },
             Comparison {
                 id: "proxy-p99".into(),
-                title: latency("p99"),
+                title: latency("p99", 0),
                 unit: "µs".into(),
                 lower_is_better: true,
                 baseline: haproxy(),
-                rows: rows(&Target::PEERS, |s| &s.p99),
+                rows: rows(&Target::PEERS, |s| &s.lat[0].p99),
+            },
+            Comparison {
+                id: "proxy-p50-half-saturation".into(),
+                title: latency("p50", 1),
+                unit: "µs".into(),
+                lower_is_better: true,
+                baseline: haproxy(),
+                rows: rows(&Target::PEERS, |s| &s.lat[1].p50),
+            },
+            Comparison {
+                id: "proxy-p99-half-saturation".into(),
+                title: latency("p99", 1),
+                unit: "µs".into(),
+                lower_is_better: true,
+                baseline: haproxy(),
+                rows: rows(&Target::PEERS, |s| &s.lat[1].p99),
             },
             Comparison {
                 id: "proxy-tax".into(),
@@ -1301,17 +1397,22 @@ impl Report<'_> {
             },
             results::Target {
                 what: format!(
-                    "p99 latency at {:.0}% of HAProxy's saturation rate vs HAProxy",
-                    LATENCY_LOAD * 100.0
+                    "p99 latency at half load ({}) vs HAProxy",
+                    self.rate_title(0)
                 ),
                 bound: "≤ HAProxy's".into(),
                 measured: format!(
-                    "{} (lb {:.0} µs, HAProxy {:.0} µs)",
-                    ratio(med(&l.p99), med(&h.p99)),
-                    med(&l.p99),
-                    med(&h.p99)
+                    "{} (lb {:.0} µs, HAProxy {:.0} µs); at {:.0}% of HAProxy's saturation \
+                     rate {} (lb {:.0} µs, HAProxy {:.0} µs)",
+                    ratio(med(&l.lat[0].p99), med(&h.lat[0].p99)),
+                    med(&l.lat[0].p99),
+                    med(&h.lat[0].p99),
+                    LATENCY_LOAD * 100.0,
+                    ratio(med(&l.lat[1].p99), med(&h.lat[1].p99)),
+                    med(&l.lat[1].p99),
+                    med(&h.lat[1].p99)
                 ),
-                met: med(&l.p99) <= med(&h.p99),
+                met: med(&l.lat[0].p99) <= med(&h.lat[0].p99),
             },
         ];
         Results {
@@ -1338,7 +1439,8 @@ impl Report<'_> {
         self.findings(&mut md);
         self.rps_table(&mut md);
         self.cpu_table(&mut md);
-        self.latency_table(&mut md);
+        self.latency_table(&mut md, 0);
+        self.latency_table(&mut md, 1);
         self.tax_table(&mut md);
         self.commands(&mut md);
         md
@@ -1362,7 +1464,45 @@ fn copy_configs(dir: &Scratch, to: &Path) -> Result<()> {
 
 // ---- main ----------------------------------------------------------------
 
-fn measure(fleet: &Fleet, plan: &Plan) -> Result<([Samples; 4], f64)> {
+/// One fixed-rate run through `t`, with both CPUs' busy % while it ran.
+fn rate_run(t: Target, rate: f64, secs: f64) -> Result<RateRun> {
+    let before = [cpu_ticks(PROXY_CPU)?, cpu_ticks(LOAD_CPU)?];
+    let mut run = fixed_rate(t.port(), rate, secs)
+        .with_context(|| format!("fixed rate through {}", t.name()))?;
+    let after = [cpu_ticks(PROXY_CPU)?, cpu_ticks(LOAD_CPU)?];
+    run.cpu_pct = [0, 1].map(|i| busy_pct(before[i], after[i]));
+    Ok(run)
+}
+
+/// The rate at which HAProxy keeps CPU 0 `TARGET_BUSY` % busy: from a
+/// quarter of its saturation rate, each step runs the fixed-rate client
+/// through HAProxy and scales the rate by `TARGET_BUSY` over the busy %
+/// it measured (CPU time grows about linearly with the rate). Returns the
+/// rate and each step's (rate, CPU 0 busy %).
+fn calibrate(saturation: f64, secs: f64) -> Result<(f64, Vec<(f64, f64)>)> {
+    let (mut rate, mut steps) = (0.25 * saturation, Vec::new());
+    for _ in 0..CALIBRATION_STEPS {
+        let busy = rate_run(Target::Haproxy, rate, secs)?.cpu_pct[0];
+        ensure!(
+            busy > 0.0,
+            "CPU {PROXY_CPU} was idle at {rate:.0} requests/s"
+        );
+        steps.push((rate, busy));
+        rate = (rate * TARGET_BUSY / busy).clamp(0.02 * saturation, saturation);
+    }
+    Ok((rate, steps))
+}
+
+/// What `measure` found: each target's samples, the two fixed rates
+/// ([target load, `LATENCY_LOAD` of HAProxy's saturation]) and the
+/// calibration's steps.
+struct Measured {
+    samples: [Samples; 4],
+    rates: [f64; 2],
+    calibration: Vec<(f64, f64)>,
+}
+
+fn measure(fleet: &Fleet, plan: &Plan) -> Result<Measured> {
     let mut samples: [Samples; 4] = Default::default();
     eprintln!("bench proxy: warm-up, {} s per target", plan.warmup_secs);
     for t in Target::ALL {
@@ -1381,28 +1521,33 @@ fn measure(fleet: &Fleet, plan: &Plan) -> Result<([Samples; 4], f64)> {
             samples[t.index()].add_wrk(run);
         }
     }
-    let rate = LATENCY_LOAD * med(&samples[Target::Haproxy.index()].rps);
+    let saturation = med(&samples[Target::Haproxy.index()].rps);
     ensure!(
-        rate >= 1.0,
-        "HAProxy's saturation rate is {rate}: nothing to measure at"
+        saturation >= 4.0,
+        "HAProxy's saturation rate is {saturation}: nothing to measure at"
     );
-    for r in 0..plan.runs {
-        for t in round_order(Target::PEERS, r) {
-            eprintln!(
-                "bench proxy: {rate:.0} requests/s, run {}/{}, {}",
-                r + 1,
-                plan.runs,
-                t.name()
-            );
-            let before = [cpu_ticks(PROXY_CPU)?, cpu_ticks(LOAD_CPU)?];
-            let mut run = fixed_rate(t.port(), rate, plan.latency_secs)
-                .with_context(|| format!("fixed rate through {}", t.name()))?;
-            let after = [cpu_ticks(PROXY_CPU)?, cpu_ticks(LOAD_CPU)?];
-            run.cpu_pct = [0, 1].map(|i| busy_pct(before[i], after[i]));
-            samples[t.index()].add_rate(run);
+    eprintln!("bench proxy: finding the rate that keeps CPU {PROXY_CPU} {TARGET_BUSY}% busy");
+    let (target_rate, calibration) = calibrate(saturation, plan.calibration_secs)?;
+    let rates = [target_rate, LATENCY_LOAD * saturation];
+    for (i, &rate) in rates.iter().enumerate() {
+        for r in 0..plan.runs {
+            for t in round_order(Target::PEERS, r) {
+                eprintln!(
+                    "bench proxy: {rate:.0} requests/s, run {}/{}, {}",
+                    r + 1,
+                    plan.runs,
+                    t.name()
+                );
+                let run = rate_run(t, rate, plan.latency_secs)?;
+                samples[t.index()].lat[i].add(run);
+            }
         }
     }
-    Ok((samples, rate))
+    Ok(Measured {
+        samples,
+        rates,
+        calibration,
+    })
 }
 
 fn load_only(port: u16, rate: f64, secs: f64) -> Result<()> {
@@ -1454,7 +1599,11 @@ fn main() -> Result<()> {
     for t in Target::ALL {
         check_answers(t)?;
     }
-    let (samples, rate) = measure(&fleet, &plan)?;
+    let Measured {
+        samples,
+        rates,
+        calibration,
+    } = measure(&fleet, &plan)?;
     let cmds = fleet.cmdlines.clone();
     drop(fleet);
 
@@ -1469,7 +1618,8 @@ fn main() -> Result<()> {
         quick: o.quick,
         plan: &plan,
         samples: &samples,
-        rate,
+        rates,
+        calibration: &calibration,
         fleet_cmds: &cmds,
         configs_dir: &configs_dir,
         elapsed: started.elapsed(),
