@@ -14,8 +14,8 @@
 //! - `bench xdp`: ns per packet and CPU per dropped SYN, written to
 //!   `bench/results/xdp.md`.
 //! - `bench proxy`: keep-alive HTTP requests/s, CPU per request and latency
-//!   at a fixed rate for lb, HAProxy and nginx, written to
-//!   `bench/results/proxy.md`.
+//!   at two fixed rates (half load, half of HAProxy's saturation) for lb,
+//!   HAProxy and nginx, written to `bench/results/proxy.md`.
 //! - `bench tls`: full and resumed TLS 1.3 handshakes/s and CPU per
 //!   handshake for lb, HAProxy and nginx, written to `bench/results/tls.md`.
 //! - `bench flood`: legitimate HTTPS requests/s kept during a SYN flood,

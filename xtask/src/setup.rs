@@ -7,8 +7,8 @@
 //!   of the nightly toolchain), `bpftool` (map dumps, prog runs), `hping3`
 //!   (SYN floods), `iproute2` (namespaces), `ethtool` (the flood benchmark's
 //!   veth offloads), `openssl` (s_client, the flood benchmark's RSA
-//!   certificate), `nftables` (counting SYNs that
-//!   reach the stack, and the benchmark's peers), `curl`, `h2load`
+//!   certificate), `nftables` (counting SYNs that reach the stack, and the
+//!   benchmark's peers), `curl`, `h2load`
 //!   (nghttp2-client), `wrk` and `ab` (apache2-utils) (proxy and TLS tests,
 //!   benchmarks), `nginx-light`
 //!   and `haproxy` (benchmark peers; their services are not started),

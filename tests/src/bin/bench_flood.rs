@@ -13,8 +13,8 @@
 //! How: a client namespace and a server namespace joined by a veth; the VIP
 //! 198.18.0.1:8443 and a plain HTTP nginx backend in the server namespace.
 //! Setups, one at a time, the order rotating each round: `lb` (release
-//! binary, TLS with an RSA-4096 certificate, XDP on the server's
-//! veth, `sourceSynRate`, otherwise the default pool profile), `lb` with the
+//! binary, TLS with an RSA-4096 certificate, XDP on the server's veth,
+//! `sourceSynRate`, otherwise the default pool profile), `lb` with the
 //! pool's `maxConnRate` off, and HAProxy (same certificate) behind an
 //! nftables per-source meter, behind one global nftables limit, and with no
 //! filter. Each runs one worker on CPU 0; nginx, `ab` and the flood run on
@@ -1646,16 +1646,32 @@ impl Report<'_> {
             per_syn(Setup::NftMeter),
             per_syn(Setup::Haproxy),
         );
-        notes.push(format!(
+        let mut cost = format!(
             "What the one-source flood cost the server's receive work (its NAPI thread during \
              the flood, minus the calm phases', over the SYNs a second): lb (XDP drop) \
              {c_lb:.1} µs a SYN, the nftables meter {c_meter:.1} µs, no filter (the kernel's \
-             SYN cookies) {c_none:.1} µs. On a veth XDP runs on the skb the sender already \
-             built (copied into a page first, see the XDP benchmark's CPU per dropped SYN), so \
-             it saves the server no more than a netdev-ingress nftables rule; on a NIC it runs \
-             before any skb exists. Where the three costs are alike, what they share (the \
-             veth's hand-over of each packet to the receiving thread) outweighs the verdict."
-        ));
+             SYN cookies) {c_none:.1} µs."
+        );
+        if (c_lb - c_meter).abs() < 0.2 * c_meter.abs().max(0.1) {
+            cost.push_str(
+                " On a veth XDP runs on the skb the sender already built (copied into a page \
+                 first, see the XDP benchmark's CPU per dropped SYN), so it saves the server no \
+                 more than a netdev-ingress nftables rule; on a NIC it runs before any skb \
+                 exists.",
+            );
+        }
+        let costs = [c_lb, c_meter, c_none];
+        let (lo, hi) = (
+            costs.iter().copied().fold(f64::MAX, f64::min),
+            costs.iter().copied().fold(f64::MIN, f64::max),
+        );
+        if hi - lo < 0.2 * hi.abs().max(0.1) {
+            cost.push_str(
+                " Where the three costs are alike, what they share (the veth's hand-over of \
+                 each packet to the receiving thread) outweighs the verdict.",
+            );
+        }
+        notes.push(cost);
         if r2 < f64::from(GLOBAL_RATE) {
             notes.push(format!(
                 "The random-source flood stayed under {GLOBAL_RATE} SYNs/s (the generator did \
@@ -1687,14 +1703,14 @@ impl Report<'_> {
             .iter()
             .flat_map(|&t| [med(&self.s(t).one.gen_cpu), med(&self.s(t).random.gen_cpu)])
             .fold(0.0, f64::max);
-        let idle0 = Setup::ALL
+        let min_busy0 = Setup::ALL
             .iter()
             .map(|&t| med(&self.s(t).calm_cpu0))
             .fold(100.0, f64::min);
-        if idle0 < 90.0 {
+        if min_busy0 < 90.0 {
             notes.push(format!(
                 "In a calm phase CPU {SUT_CPU} (the system under test) was as little as \
-                 {idle0:.0}% busy: a setup with room on CPU {SUT_CPU} absorbs the flood's cost \
+                 {min_busy0:.0}% busy: a setup with room on CPU {SUT_CPU} absorbs the flood's cost \
                  there without losing requests, and kept then says more about CPU {LOAD_CPU} \
                  than about the server."
             ));
@@ -1702,10 +1718,9 @@ impl Report<'_> {
         if busy1 >= 95.0 {
             notes.push(format!(
                 "CPU {LOAD_CPU} (ab, nginx, the generator) was up to {busy1:.0}% busy during the \
-                 floods: ab's side of a TLS handshake costs more than the server's, so CPU \
-                 {LOAD_CPU} sets the rate, and what a setup keeps during a flood is the rest \
-                 after the flood's cost to the server and the generator's own share of CPU \
-                 {LOAD_CPU} (up to {gen:.0}% of it here, the same for every setup)."
+                 floods, so it, not the server, may have set the rate: what a setup kept is \
+                 then partly what the generator left of CPU {LOAD_CPU} (its share was up to \
+                 {gen:.0}% here, the same for every setup)."
             ));
         }
         let ring: u64 = Setup::ALL
@@ -1915,8 +1930,9 @@ impl Report<'_> {
             "## Commands\n\n\
              The configs are in `{}/` (lb's and HAProxy's point at the certificate in the run's \
              temporary directory, removed afterwards: generate one with the `openssl req` line \
-             below and concatenate `{CERT_NAME}.pem` and `{CERT_NAME}.key` for HAProxy). The namespaces' names carry this run's tag. In order of first use (each \
-             process started here was killed by pid at the end):\n\n```",
+             below and concatenate `{CERT_NAME}.pem` and `{CERT_NAME}.key` for HAProxy). The \
+             namespaces' names carry this run's tag. In order of first use (each process \
+             started here was killed by pid at the end):\n\n```",
             self.configs_dir.display()
         );
         for line in self.commands {
@@ -2076,7 +2092,7 @@ fn main() -> Result<()> {
         return Ok(());
     }
     for tool in [
-        "haproxy", "nginx", "ab", "nft", "ethtool", "chrt", "taskset", "curl", "nsenter",
+        "haproxy", "nginx", "ab", "nft", "ethtool", "chrt", "taskset", "curl", "nsenter", "openssl",
     ] {
         ensure!(
             lb_tests::have_tool(tool),

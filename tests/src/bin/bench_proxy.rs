@@ -12,8 +12,9 @@
 //! request from its scheduled send time (no coordinated omission): half load,
 //! the rate at which HAProxy keeps CPU 0 half busy (found by calibration, the
 //! target's rate), and half of HAProxy's saturation rate, where this client
-//! (dearer per request than wrk) brings CPU 1 close to saturation. Every process started here is a child killed by
-//! pid when the run ends, also when it fails.
+//! (dearer per request than wrk) brings CPU 1 close to saturation. Every
+//! process started here is a child killed by pid when the run ends, also
+//! when it fails.
 
 use std::{
     fmt::Write as _,
@@ -994,8 +995,8 @@ impl Report<'_> {
              {:.0}% of HAProxy's median saturation rate; this program's open-loop client: one \
              thread waiting in epoll_pwait2, {CONNS} keep-alive connections; request k is due at \
              k / rate and goes out on the longest-idle connection, its latency counted from its \
-             due time; {:.1} s unrecorded warm-up, then {} s), per run; first the calibration \
-             ({} s a step, through HAProxy), then each rate:\n\n```",
+             due time; {:.1} s unrecorded warm-up, then {} s): first the calibration (once, {} s \
+             a step, through HAProxy), then each rate, per run:\n\n```",
             self.rates[0],
             self.rates[1],
             LATENCY_LOAD * 100.0,
@@ -1135,11 +1136,15 @@ impl Report<'_> {
                 steps.join(", ")
             );
         } else {
+            let busy1 = Target::PEERS
+                .iter()
+                .map(|&t| med(&self.s(t).lat[1].cpu1_pct))
+                .fold(0.0, f64::max);
             let _ = writeln!(
                 md,
-                "Half of HAProxy's saturation rate (wrk): this client costs CPU {LOAD_CPU} \
-                 more per request than wrk does, so at this rate CPU {LOAD_CPU} is close to \
-                 saturated and the latencies are mostly its queueing.\n"
+                "Half of HAProxy's saturation rate (wrk). This client costs CPU {LOAD_CPU} more \
+                 per request than wrk does: at this rate CPU {LOAD_CPU} (the client and the \
+                 backends) was up to {busy1:.0}% busy.\n"
             );
         }
         let _ = writeln!(
@@ -1397,8 +1402,9 @@ impl Report<'_> {
             },
             results::Target {
                 what: format!(
-                    "p99 latency at half load ({}) vs HAProxy",
-                    self.rate_title(0)
+                    "p99 latency at half load, {:.0} requests/s (HAProxy's CPU {PROXY_CPU} \
+                     {TARGET_BUSY:.0}% busy), vs HAProxy",
+                    self.rates[0]
                 ),
                 bound: "≤ HAProxy's".into(),
                 measured: format!(
@@ -1482,13 +1488,15 @@ fn rate_run(t: Target, rate: f64, secs: f64) -> Result<RateRun> {
 fn calibrate(saturation: f64, secs: f64) -> Result<(f64, Vec<(f64, f64)>)> {
     let (mut rate, mut steps) = (0.25 * saturation, Vec::new());
     for _ in 0..CALIBRATION_STEPS {
-        let busy = rate_run(Target::Haproxy, rate, secs)?.cpu_pct[0];
+        let run = rate_run(Target::Haproxy, rate, secs).context("calibrating the half load")?;
+        let busy = run.cpu_pct[0];
         ensure!(
             busy > 0.0,
             "CPU {PROXY_CPU} was idle at {rate:.0} requests/s"
         );
         steps.push((rate, busy));
-        rate = (rate * TARGET_BUSY / busy).clamp(0.02 * saturation, saturation);
+        // From what was achieved: the client may have fallen behind.
+        rate = (run.achieved * TARGET_BUSY / busy).clamp((0.02 * saturation).max(1.0), saturation);
     }
     Ok((rate, steps))
 }
